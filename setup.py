@@ -1,0 +1,32 @@
+"""tvts: TVTSv2 video-text pretraining and frozen-backbone evaluation in JAX/Flax."""
+from setuptools import find_packages, setup
+
+setup(
+    name="tvts",
+    version="0.1.0",
+    description="TVTSv2 video-text pretraining at TPU-pod scale, in JAX/Flax",
+    python_requires=">=3.11",
+    packages=find_packages(include=["tvts", "tvts.*"]),
+    package_data={"tvts.data": ["vocab/*"]},
+    install_requires=[
+        "jax>=0.10,<0.11",
+        "flax>=0.12,<0.13",
+        "optax>=0.2.4,<0.3",
+        "orbax-checkpoint>=0.12,<0.13",
+        "tensorflow-datasets>=4.9,<4.10",
+        "einops>=0.8",
+        "ml-collections>=1.0",
+        "numpy>=1.26",
+        "av>=12",
+        "pillow>=10",
+        "tensorboardX>=2.6",
+        "tqdm>=4.66",
+        "matplotlib>=3.8",
+        "ftfy>=6.1",
+        "regex>=2023.0",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist>=3.5"],
+        "convert": ["torch==2.13.0", "transformers>=4.40"],
+    },
+)
