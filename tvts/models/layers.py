@@ -1,0 +1,166 @@
+"""Building blocks shared by the video tower, the text tower and the sort head.
+
+Parameters carry logical axis names ('embed', 'mlp', 'heads', 'kv', 'vocab', 'layers');
+`tvts.sharding` maps them to mesh axes with rules from the config. Parameters are float32;
+matmuls run in the module's compute `dtype`; LayerNorm and softmax always run in float32.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+default_kernel_init = nn.initializers.xavier_uniform()
+embed_init = nn.initializers.normal(stddev=0.02)
+
+
+def logical(init: Callable, axes: tuple[str | None, ...]) -> Callable:
+    return nn.with_logical_partitioning(init, axes)
+
+
+def quick_gelu(x: jax.Array) -> jax.Array:
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "quick_gelu": quick_gelu,
+    # OpenCLIP and PyTorch's nn.GELU use the exact erf form.
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+}
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm computed in float32 whatever the compute dtype; returns the compute dtype."""
+
+    epsilon: float = 1e-5
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = nn.LayerNorm(epsilon=self.epsilon, dtype=jnp.float32, param_dtype=jnp.float32,
+                         scale_init=logical(nn.initializers.ones, ("embed",)),
+                         bias_init=logical(nn.initializers.zeros, ("embed",)), name="norm")(
+                             x.astype(jnp.float32))
+        return y.astype(self.dtype)
+
+
+class Mlp(nn.Module):
+    hidden: int
+    act: str
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        width = x.shape[-1]
+        x = nn.Dense(self.hidden, dtype=self.dtype, kernel_init=logical(default_kernel_init, ("embed", "mlp")),
+                     bias_init=logical(nn.initializers.zeros, ("mlp",)), name="fc")(x)
+        x = ACTIVATIONS[self.act](x)
+        return nn.Dense(width, dtype=self.dtype, kernel_init=logical(default_kernel_init, ("mlp", "embed")),
+                        bias_init=logical(nn.initializers.zeros, ("embed",)), name="proj")(x)
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    """Softmax attention over the second-to-last token axis.
+
+    q: [..., Lq, H, Dh], k/v: [..., Lk, H, Dh], mask broadcastable to [..., H, Lq, Lk] (True = keep).
+    Returns [..., Lq, H, Dh]. Logits and softmax in float32.
+    """
+    scale = q.shape[-1] ** -0.5
+    logits = jnp.einsum("...qhd,...khd->...hqk", q * jnp.asarray(scale, q.dtype), k,
+                        preferred_element_type=jnp.float32)
+    if mask is not None:
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.einsum("...hqk,...khd->...qhd", weights, v)
+
+
+class Projection(nn.Module):
+    """y = einsum(spec, x, kernel) + bias with a multi-axis kernel and logical axis names on both."""
+
+    spec: str  # e.g. "...d,dthk->...thk"
+    kernel_shape: tuple[int, ...]
+    kernel_axes: tuple[str | None, ...]
+    in_dims: int = 1  # leading kernel dims contracted with x (fan-in)
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        fan_in = tuple(range(self.in_dims))
+        fan_out = tuple(range(self.in_dims, len(self.kernel_shape)))
+        init = nn.initializers.xavier_uniform(in_axis=fan_in, out_axis=fan_out)
+        kernel = self.param("kernel", logical(init, self.kernel_axes), self.kernel_shape)
+        bias = self.param("bias", logical(nn.initializers.zeros, self.kernel_axes[self.in_dims:]),
+                          self.kernel_shape[self.in_dims:])
+        return jnp.einsum(self.spec, x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
+
+
+def qkv_projection(x: jax.Array, heads: int, dtype: Dtype, name: str = "qkv") -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Fused query/key/value projection (call inside a compact method): x [..., D] -> q, k, v [..., H, D/H].
+
+    Kernel [D, 3, H, Dh], bias [3, H, Dh].
+    """
+    width = x.shape[-1]
+    if width % heads:
+        raise ValueError(f"width {width} is not divisible by {heads} heads")
+    qkv = Projection("...d,dthk->...thk", (width, 3, heads, width // heads), ("embed", None, "heads", "kv"),
+                     dtype=dtype, name=name)(x)
+    return qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
+
+
+def out_projection(x: jax.Array, dtype: Dtype, name: str = "out") -> jax.Array:
+    """Heads back to width (call inside a compact method): [..., H, Dh] -> [..., D]; kernel [H, Dh, D]."""
+    heads, head_dim = x.shape[-2:]
+    return Projection("...hk,hkd->...d", (heads, head_dim, heads * head_dim), ("heads", "kv", "embed"),
+                      in_dims=2, dtype=dtype, name=name)(x)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention; params `qkv` [D, 3, H, Dh] and `out` [H, Dh, D]."""
+
+    heads: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        q, k, v = qkv_projection(x, self.heads, self.dtype)
+        return out_projection(attend(q, k, v, mask), self.dtype)
+
+
+class ResidualBlock(nn.Module):
+    """Pre-LN transformer block (CLIP text tower, sort head). Scan-compatible: (x, mask) -> (x, None)."""
+
+    heads: int
+    mlp_dim: int
+    act: str
+    epsilon: float = 1e-5
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, None]:
+        x = x + SelfAttention(self.heads, self.dtype, name="attn")(
+            LayerNorm(self.epsilon, self.dtype, name="ln_1")(x), mask)
+        x = x + Mlp(self.mlp_dim, self.act, self.dtype, name="mlp")(LayerNorm(self.epsilon, self.dtype, name="ln_2")(x))
+        return x, None
+
+
+REMAT_POLICIES: dict[str, Callable | None] = {
+    "none": None,  # no rematerialisation: keep every activation
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def layer_stack(block: type[nn.Module], depth: int, remat: str, num_broadcast: int = 1) -> type[nn.Module]:
+    """`block` scanned `depth` times with stacked parameters (leading 'layers' axis), optionally rematerialised."""
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"unknown remat policy {remat!r}; known: {sorted(REMAT_POLICIES)}")
+    if remat != "none":
+        block = nn.remat(block, policy=REMAT_POLICIES[remat], prevent_cse=False)
+    return nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                   in_axes=(nn.broadcast,) * num_broadcast, length=depth,
+                   metadata_params={nn.PARTITION_NAME: "layers"})

@@ -1,0 +1,140 @@
+"""TVTSv2: the video tower, the text tower and the transcript sorting head, composed.
+
+Parameter tree (stacked layers carry a leading 'layers' axis):
+    video/{patch_embed, pos_embedding, temporal_embedding, cls_token, ln_pre, blocks/{time_attn, ln_3, attn,
+          ln_1, mlp, ln_2}, ln_post, proj}
+    text/{token_embedding, positional_embedding, frozen_blocks, tuned_blocks, ln_final, text_projection}
+    sort_head/{type_embedding, block_0, block_1, ln, classifier}
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tvts.models.layers import Dtype
+from tvts.models.sort_head import SortHead
+from tvts.models.text import TextEncoder
+from tvts.models.variants import Variant
+from tvts.models.video_vit import VideoEncoder
+
+TimeInit = Literal["learnable", "published"]
+
+
+class TVTSv2(nn.Module):
+    variant: Variant
+    dtype: Dtype = jnp.float32
+    remat: str = "none"
+
+    def setup(self):
+        v = self.variant
+        self.video = VideoEncoder(v.video, v.joint_dim, v.act, self.dtype, self.remat)
+        self.text = TextEncoder(v.text, v.joint_dim, v.act, self.dtype, self.remat)
+        self.sort_head = SortHead(v.sort_head, self.dtype)
+
+    def encode_video(self, video: jax.Array, keep: jax.Array | None = None) -> jax.Array:
+        """[B, T, H, W, 3] -> all projected tokens [B, 1 + T*n_keep, E] (float32)."""
+        return self.video(video, keep).astype(jnp.float32)
+
+    def encode_text(self, tokens: jax.Array) -> jax.Array:
+        """[..., L] -> [..., E] (float32)."""
+        lead = tokens.shape[:-1]
+        return self.text(tokens.reshape(-1, tokens.shape[-1])).astype(jnp.float32).reshape(*lead, -1)
+
+    def sort(self, video_tokens: jax.Array, transcripts: jax.Array) -> jax.Array:
+        return self.sort_head(video_tokens, transcripts)
+
+    def __call__(self, video: jax.Array, keep: jax.Array | None, texts: jax.Array) -> dict[str, jax.Array]:
+        """video [B, T, H, W, 3], keep [B, n_keep] | None, texts [B, n, L] (n = 1 caption or n clip transcripts)."""
+        tokens = self.encode_video(video, keep)
+        text_emb = self.encode_text(texts)
+        out = {"video_tokens": tokens, "video_emb": tokens[:, 0], "text_emb": text_emb}
+        if texts.shape[1] > 1 or self.is_initializing():
+            # The sort head reads transcripts with gradients stopped: sorting trains video and head only.
+            out["sort_logits"] = self.sort(tokens, jax.lax.stop_gradient(text_emb))
+        return out
+
+
+def dummy_inputs(variant: Variant, num_frames: int = 2, batch: int = 1) -> tuple[jax.Array, None, jax.Array]:
+    size = variant.video.image_size
+    return (jnp.zeros((batch, num_frames, size, size, 3), jnp.float32), None,
+            jnp.zeros((batch, variant.sort_head.num_clips, 8), jnp.int32))
+
+
+def init_params(model: TVTSv2, rng: jax.Array, time_init: TimeInit = "learnable") -> Any:
+    """Random init of the whole model, with the time attention set as a no-op (see `init_time_attention`).
+
+    Returns boxed params (nn.LogicallyPartitioned leaves) so callers can derive shardings; use nn.unbox for values.
+    """
+    params = model.init(rng, *dummy_inputs(model.variant))["params"]
+    return init_time_attention(params, time_init)
+
+
+def init_time_attention(params: Any, scheme: TimeInit) -> Any:
+    """Make every block's time attention a no-op; call after the space attention holds its (CLIP) weights.
+
+    'published': qkv weight and bias 0, output projection weight 1, bias 0 (the official init; its gradient
+        vanishes in exact arithmetic: the all-ones projection adds the same value to every channel and ln_1
+        removes it again).
+    'learnable': output projection 0 and qkv copied from the block's space attention. The output is still 0,
+        but the projection receives a non-zero gradient at once.
+    Works on boxed or plain trees; returns a new tree.
+    """
+    blocks = dict(params["video"]["blocks"])
+    time_attn = dict(blocks["time_attn"])
+    space = blocks["attn"]
+
+    def like(leaf, fill):
+        return _rebox(leaf, lambda v: jnp.full_like(v, fill))
+
+    if scheme == "published":
+        time_attn["qkv"] = jax.tree.map(lambda l: like(l, 0.0), time_attn["qkv"], is_leaf=_is_box)
+        time_attn["out"] = {"kernel": like(time_attn["out"]["kernel"], 1.0), "bias": like(time_attn["out"]["bias"], 0.0)}
+    elif scheme == "learnable":
+        time_attn["qkv"] = jax.tree.map(lambda t, s: _rebox(t, lambda _: jnp.array(_unbox(s))), time_attn["qkv"],
+                                        space["qkv"], is_leaf=_is_box)
+        time_attn["out"] = jax.tree.map(lambda l: like(l, 0.0), time_attn["out"], is_leaf=_is_box)
+    else:
+        raise ValueError(f"unknown time attention init {scheme!r}; use 'learnable' or 'published'")
+    blocks["time_attn"] = time_attn
+    video = dict(params["video"])
+    video["blocks"] = blocks
+    return {**params, "video": video}
+
+
+def _is_box(x) -> bool:
+    return isinstance(x, nn.Partitioned)
+
+
+def _unbox(x):
+    return x.unbox() if _is_box(x) else x
+
+
+def _rebox(leaf, fn):
+    return leaf.replace_boxed(fn(leaf.unbox())) if _is_box(leaf) else fn(leaf)
+
+
+def abstract_params(variant: Variant, dtype: Dtype = jnp.float32) -> Any:
+    """Parameter shapes of a variant without allocating anything (boxed ShapeDtypeStructs)."""
+    model = TVTSv2(variant, dtype)
+    return jax.eval_shape(lambda rng: model.init(rng, *dummy_inputs(variant))["params"], jax.random.key(0))
+
+
+def count_params(tree: Any) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nn.unbox(tree))))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a model: stored with checkpoints and exports."""
+
+    variant: Variant
+    dtype: str = "float32"
+    remat: str = "none"
+
+    def build(self) -> TVTSv2:
+        return TVTSv2(self.variant, jnp.dtype(self.dtype), self.remat)

@@ -1,0 +1,119 @@
+"""The one immutable table of TVTSv2 variants.
+
+`decode_variant('H/14')` returns a frozen `Variant`; nothing mutates it. Overrides
+(for tests or ablations) go through `dataclasses.replace`, which builds a new value.
+Published variants follow REFERENCE.md; g/14 and G/14 reuse OpenCLIP's ViT-g/14 and
+ViT-bigG/14 towers and go beyond the paper.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+Activation = Literal["quick_gelu", "gelu"]
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoTower:
+    width: int
+    depth: int
+    heads: int
+    mlp_dim: int
+    patch_size: int
+    image_size: int
+    max_frames: int = 12  # rows of the learned temporal embedding
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid**2
+
+
+@dataclasses.dataclass(frozen=True)
+class TextTower:
+    width: int
+    depth: int
+    heads: int
+    num_frozen: int  # the first `num_frozen` blocks never receive an update
+    context_length: int = 77
+    vocab_size: int = 49408
+
+    @property
+    def mlp_dim(self) -> int:
+        return 4 * self.width
+
+
+@dataclasses.dataclass(frozen=True)
+class SortHeadConfig:
+    width: int
+    heads: int
+    depth: int = 2
+    num_clips: int = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    name: str
+    video: VideoTower
+    text: TextTower
+    sort_head: SortHeadConfig
+    joint_dim: int
+    act: Activation
+    mask_ratio: float  # the published training mask ratio
+    init: str  # which released CLIP weights the towers start from ('random' for tiny)
+
+    def __post_init__(self):
+        if self.video.image_size % self.video.patch_size:
+            raise ValueError(f"variant {self.name}: image_size {self.video.image_size} is not a multiple "
+                             f"of patch_size {self.video.patch_size}")
+        if not 0 <= self.text.num_frozen <= self.text.depth:
+            raise ValueError(f"variant {self.name}: num_frozen={self.text.num_frozen} outside [0, {self.text.depth}]")
+        if self.sort_head.width != self.joint_dim:
+            raise ValueError(f"variant {self.name}: sort head width {self.sort_head.width} must equal "
+                             f"joint_dim {self.joint_dim} (it reads projected tokens)")
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise ValueError(f"variant {self.name}: mask_ratio {self.mask_ratio} outside [0, 1)")
+
+
+def _video(width, depth, heads, patch, mlp=None, image=224):
+    return VideoTower(width=width, depth=depth, heads=heads, mlp_dim=mlp or 4 * width,
+                      patch_size=patch, image_size=image)
+
+
+_B_TEXT = TextTower(width=512, depth=12, heads=8, num_frozen=9)
+_L_TEXT = TextTower(width=768, depth=12, heads=12, num_frozen=9)
+_H_TEXT = TextTower(width=1024, depth=24, heads=16, num_frozen=18)
+_G_TEXT = TextTower(width=1280, depth=32, heads=20, num_frozen=24)
+
+_VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant("tiny", VideoTower(width=64, depth=2, heads=4, mlp_dim=256, patch_size=8, image_size=32),
+                TextTower(width=64, depth=2, heads=4, num_frozen=1, context_length=32),
+                SortHeadConfig(width=64, heads=4), joint_dim=64, act="gelu", mask_ratio=0.5, init="random"),
+        Variant("B/32", _video(768, 12, 12, 32), _B_TEXT, SortHeadConfig(512, 8), 512, "quick_gelu", 0.0,
+                "openai:ViT-B-32"),
+        Variant("B/16", _video(768, 12, 12, 16), _B_TEXT, SortHeadConfig(512, 8), 512, "quick_gelu", 0.5,
+                "openai:ViT-B-16"),
+        Variant("L/14", _video(1024, 24, 16, 14), _L_TEXT, SortHeadConfig(768, 12), 768, "quick_gelu", 0.7,
+                "openai:ViT-L-14"),
+        Variant("H/14", _video(1280, 32, 16, 14), _H_TEXT, SortHeadConfig(1024, 16), 1024, "gelu", 0.7,
+                "open_clip:ViT-H-14:laion2b_s32b_b79k"),
+        Variant("g/14", _video(1408, 40, 16, 14, mlp=6144), _H_TEXT, SortHeadConfig(1024, 16), 1024, "gelu",
+                0.7, "open_clip:ViT-g-14:laion2b_s34b_b88k"),
+        Variant("G/14", _video(1664, 48, 16, 14, mlp=8192), _G_TEXT, SortHeadConfig(1280, 20), 1280, "gelu",
+                0.7, "open_clip:ViT-bigG-14:laion2b_s39b_b160k"),
+    )
+}
+
+VARIANT_NAMES = tuple(_VARIANTS)
+
+
+def decode_variant(name: str) -> Variant:
+    try:
+        return _VARIANTS[name]
+    except KeyError:
+        raise ValueError(f"unknown variant {name!r}; known variants: {', '.join(VARIANT_NAMES)}") from None

@@ -1,0 +1,136 @@
+"""TVTSv2 video tower: a CLIP ViT with divided space-time attention and tube masking.
+
+Token layout throughout: x [B, 1 + T*N, D] = CLS followed by the patch tokens of frame 0,
+then frame 1, ... (N patches per frame, after masking N = n_keep).
+
+Block (REFERENCE.md, exactly):
+    t = time_attn(ln_3(x))      attention across frames at each patch position
+    s = attn(ln_1(x + t))       attention across patches within each frame
+    x = x + s                   t itself is not added to the residual
+    x = x + mlp(ln_2(x))
+In both attentions the CLS query attends to every token of the clip; a patch query attends to
+the CLS token plus its own frame (space) or its own position across frames (time).
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import einops
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from tvts.models.layers import (Dtype, LayerNorm, Mlp, attend, embed_init, layer_stack, logical, out_projection,
+                                qkv_projection)
+from tvts.models.variants import VideoTower
+
+
+def divided_attention(q: jax.Array, k: jax.Array, v: jax.Array, num_frames: int,
+                      over: Literal["space", "time"]) -> jax.Array:
+    """q, k, v: [B, 1 + T*N, H, Dh] -> [B, 1 + T*N, H, Dh]."""
+    cls_out = attend(q[:, :1], k, v)  # CLS sees the whole clip
+
+    def grouped(a):  # patch tokens [B, T*N, H, Dh] -> [B, groups, members, H, Dh]
+        a = einops.rearrange(a[:, 1:], "b (t n) h d -> b t n h d", t=num_frames)
+        return a if over == "space" else einops.rearrange(a, "b t n h d -> b n t h d")
+
+    def with_cls(a, cls):  # prepend the CLS key/value to every group
+        cls = jnp.broadcast_to(cls[:, None], (a.shape[0], a.shape[1], 1) + a.shape[3:])
+        return jnp.concatenate([cls, a], axis=2)
+
+    out = attend(grouped(q), with_cls(grouped(k), k[:, :1]), with_cls(grouped(v), v[:, :1]))
+    pattern = "b t n h d -> b (t n) h d" if over == "space" else "b n t h d -> b (t n) h d"
+    return jnp.concatenate([cls_out, einops.rearrange(out, pattern)], axis=1)
+
+
+class DividedAttention(nn.Module):
+    heads: int
+    num_frames: int
+    over: Literal["space", "time"]
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        q, k, v = qkv_projection(x, self.heads, self.dtype)
+        return out_projection(divided_attention(q, k, v, self.num_frames, self.over), self.dtype)
+
+
+class SpaceTimeBlock(nn.Module):
+    """One divided space-time block; scan-compatible signature (x, _) -> (x, None)."""
+
+    heads: int
+    mlp_dim: int
+    act: str
+    num_frames: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, _=None) -> tuple[jax.Array, None]:
+        num_frames = self.num_frames
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        t = DividedAttention(self.heads, num_frames, "time", self.dtype, name="time_attn")(
+            LayerNorm(dtype=self.dtype, name="ln_3")(x))
+        s = DividedAttention(self.heads, num_frames, "space", self.dtype, name="attn")(
+            LayerNorm(dtype=self.dtype, name="ln_1")(x + t))
+        x = x + s
+        x = x + Mlp(self.mlp_dim, self.act, self.dtype, name="mlp")(LayerNorm(dtype=self.dtype, name="ln_2")(x))
+        return x, None
+
+
+def gather_kept_patches(patches: jax.Array, keep: jax.Array) -> jax.Array:
+    """Tube masking. patches [B, T, P, D], keep [B, n_keep] patch indices -> [B, T, n_keep, D].
+
+    The same positions are kept in every frame of a video.
+    """
+    return jnp.take_along_axis(patches, keep[:, None, :, None], axis=2)
+
+
+class VideoEncoder(nn.Module):
+    """video [B, T, H, W, 3] (normalised floats), keep [B, n_keep] or None -> tokens [B, 1 + T*n_keep, joint_dim].
+
+    The projected CLS token (index 0) is the video embedding; all projected tokens feed the sort head.
+    T = 1 encodes single images.
+    """
+
+    cfg: VideoTower
+    joint_dim: int
+    act: str
+    dtype: Dtype = jnp.float32
+    remat: str = "none"
+
+    @nn.compact
+    def __call__(self, video: jax.Array, keep: jax.Array | None = None) -> jax.Array:
+        cfg = self.cfg
+        b, t, h, w, _ = video.shape
+        if t > cfg.max_frames:
+            raise ValueError(f"{t} frames exceed the temporal embedding's {cfg.max_frames} rows")
+        if (h, w) != (cfg.image_size, cfg.image_size):
+            raise ValueError(f"frames are {h}x{w}, the video tower expects {cfg.image_size}x{cfg.image_size}")
+        x = nn.Conv(cfg.width, (cfg.patch_size,) * 2, strides=(cfg.patch_size,) * 2, padding="VALID", use_bias=False,
+                    dtype=self.dtype, kernel_init=logical(nn.initializers.lecun_normal(), (None, None, None, "embed")),
+                    name="patch_embed")(video.reshape(b * t, h, w, 3).astype(self.dtype))
+        x = x.reshape(b, t, cfg.num_patches, cfg.width)
+
+        pos = self.param("pos_embedding", logical(embed_init, (None, "embed")), (cfg.num_patches + 1, cfg.width))
+        temporal = self.param("temporal_embedding", logical(nn.initializers.zeros, (None, "embed")),
+                              (cfg.max_frames, cfg.width))
+        cls = self.param("cls_token", logical(embed_init, ("embed",)), (cfg.width,))
+        x = x + (pos[None, None, 1:] + temporal[None, :t, None]).astype(self.dtype)
+        if keep is not None:  # ratio 0 passes None and takes no gather
+            x = gather_kept_patches(x, keep)
+        n_kept = x.shape[2]
+        x = x.reshape(b, t * n_kept, cfg.width)
+        cls_tok = jnp.broadcast_to((cls + pos[0]).astype(self.dtype), (b, 1, cfg.width))
+        x = jnp.concatenate([cls_tok, x], axis=1)
+        x = LayerNorm(dtype=self.dtype, name="ln_pre")(x)
+
+        blocks = layer_stack(SpaceTimeBlock, cfg.depth, self.remat)
+        x, _ = blocks(cfg.heads, cfg.mlp_dim, self.act, t, self.dtype, name="blocks")(x, None)
+
+        x = LayerNorm(dtype=self.dtype, name="ln_post")(x)
+        proj = self.param("proj", logical(default_proj_init(cfg.width), ("embed", "joint")), (cfg.width, self.joint_dim))
+        return jnp.einsum("bld,de->ble", x, proj.astype(self.dtype))
+
+
+def default_proj_init(width: int):
+    return nn.initializers.normal(stddev=width**-0.5)

@@ -1,0 +1,135 @@
+"""Parameter rules -> learning-rate groups, frozen parameters, weight-decay mask, optimizer.
+
+A rule is (regex, group): the first rule whose regex `re.search`es a parameter's path
+('video/blocks/time_attn/qkv/kernel') decides its group; group None means frozen. Every
+parameter must match some rule and every rule must match some parameter, or `assign_groups`
+raises with the names. Frozen parameters are split off before differentiation: they get no
+gradient, no update and no optimizer state.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping, Sequence
+
+import flax.traverse_util as traverse_util
+import jax
+import optax
+
+Rule = tuple[str, str | None]
+FROZEN = None
+
+
+def path_str(path: tuple) -> str:
+    return "/".join(str(getattr(k, "key", k)) for k in path)
+
+
+def param_names(params: Any) -> list[str]:
+    return ["/".join(k) for k in traverse_util.flatten_dict(params)]
+
+
+def published_rules(temporal_embedding_group: str = "clip", freeze_text_embeddings: bool = False,
+                    has_frozen_text_blocks: bool = True) -> list[Rule]:
+    """The published groups: new parameters ('new', 1e-4), CLIP-initialised ones ('clip', 1e-7), frozen text blocks.
+
+    temporal_embedding_group: the official code puts the (new) temporal embedding in the 'clip' group; keep 'clip'
+        to reproduce it, 'new' to fix it.
+    freeze_text_embeddings: also freeze the text token/position embeddings, so no backward pass runs through the
+        frozen text blocks at all.
+    """
+    rules: list[Rule] = []
+    if has_frozen_text_blocks:
+        rules.append((r"^text/frozen_blocks/", FROZEN))
+    rules += [
+        (r"^text/(token_embedding|positional_embedding)$", FROZEN if freeze_text_embeddings else "clip"),
+        (r"^video/blocks/(time_attn|ln_3)/", "new"),
+        (r"^sort_head/", "new"),
+        (r"^video/temporal_embedding$", temporal_embedding_group),
+        (r"^(video|text)/", "clip"),
+    ]
+    return rules
+
+
+def assign_groups(params: Any, rules: Sequence[Rule], groups: Mapping[str, Any]) -> Any:
+    """Tree like `params` holding each parameter's group name (or None = frozen)."""
+    compiled = []
+    for regex, group in rules:
+        if group is not None and group not in groups:
+            raise ValueError(f"rule {regex!r} names group {group!r}, which has no learning rate; "
+                             f"groups: {sorted(groups)}")
+        try:
+            compiled.append((re.compile(regex), group))
+        except re.error as e:
+            raise ValueError(f"rule {regex!r} is not a valid regex: {e}") from None
+    used = [False] * len(compiled)
+    unmatched = []
+
+    def group_of(name: str):
+        for i, (pattern, group) in enumerate(compiled):
+            if pattern.search(name):
+                used[i] = True
+                return group
+        unmatched.append(name)
+        return None
+
+    flat = traverse_util.flatten_dict(params)
+    labels = {k: group_of("/".join(k)) for k in flat}
+    if unmatched:
+        raise ValueError(f"{len(unmatched)} parameters match no optimizer rule: {unmatched[:20]}")
+    idle = [rules[i][0] for i, u in enumerate(used) if not u]
+    if idle:
+        raise ValueError(f"optimizer rules match no parameter: {idle}")
+    return traverse_util.unflatten_dict(labels)
+
+
+def partition(params: Any, labels: Any) -> tuple[Any, Any]:
+    """Split into (trainable, frozen) nested dicts by the group labels."""
+    flat, flat_labels = traverse_util.flatten_dict(params), traverse_util.flatten_dict(labels)
+    trainable = {k: v for k, v in flat.items() if flat_labels[k] is not None}
+    frozen = {k: v for k, v in flat.items() if flat_labels[k] is None}
+    return traverse_util.unflatten_dict(trainable), traverse_util.unflatten_dict(frozen)
+
+
+def merge(trainable: Any, frozen: Any) -> Any:
+    return traverse_util.unflatten_dict({**traverse_util.flatten_dict(trainable),
+                                         **traverse_util.flatten_dict(frozen)})
+
+
+def make_schedule(base_lr: float, kind: str, total_steps: int, warmup_steps: int = 0,
+                  decay_at: Sequence[float] = (0.6, 0.8), decay_factor: float = 0.1) -> optax.Schedule:
+    """'step': the published x0.1 at fractions of training (epochs 6 and 8 of 10); 'warmup_cosine'; 'constant'."""
+    if kind == "step":
+        boundaries = {max(1, int(f * total_steps)): decay_factor for f in decay_at}
+        sched = optax.piecewise_constant_schedule(base_lr, boundaries)
+    elif kind == "warmup_cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, base_lr, max(warmup_steps, 1), max(total_steps, warmup_steps + 1))
+    elif kind == "constant":
+        sched = optax.constant_schedule(base_lr)
+    else:
+        raise ValueError(f"unknown schedule {kind!r}; use 'step', 'warmup_cosine' or 'constant'")
+    if warmup_steps:
+        return optax.join_schedules([optax.linear_schedule(0.0, base_lr, warmup_steps), sched], [warmup_steps])
+    return sched
+
+
+def decays(name: str, no_decay: str) -> bool:
+    return re.search(no_decay, name) is None
+
+
+def make_optimizer(cfg: Any, labels: Any, total_steps: int) -> tuple[optax.GradientTransformation,
+                                                                     dict[str, optax.Schedule]]:
+    """AdamW per learning-rate group over the trainable parameters only.
+
+    cfg: the config's `optim` block (groups, schedule, warmup_steps, decay_at, decay_factor, b1, b2, eps,
+         weight_decay, no_decay). labels: `assign_groups` output.
+    """
+    trainable_labels, _ = partition(labels, labels)
+    present = sorted(set(jax.tree.leaves(trainable_labels)))
+    schedules = {g: make_schedule(cfg.groups[g], cfg.schedule, total_steps, cfg.warmup_steps, cfg.decay_at,
+                                  cfg.decay_factor) for g in present}
+
+    def wd_mask(params):
+        return jax.tree_util.tree_map_with_path(lambda p, _: decays(path_str(p), cfg.no_decay), params)
+
+    transforms = {g: optax.adamw(schedules[g], b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                                 mask=wd_mask) for g in present}
+    return optax.multi_transform(transforms, trainable_labels), schedules

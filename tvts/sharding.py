@@ -1,0 +1,135 @@
+"""Device mesh, logical-axis rules and shardings of the training state.
+
+Modules name parameter and activation axes logically ('embed', 'mlp', 'heads', 'kv', 'vocab',
+'joint', 'layers', 'batch', 'length'); the config's rules map them to the mesh axes
+('data', 'fsdp', 'tensor'). Plain data parallelism is the mesh with only 'data' > 1.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("vocab", "tensor"),
+    ("kv", None),
+    ("joint", None),
+    ("layers", None),
+    ("length", None),
+)
+
+
+def mesh_shape(axes: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
+    """Resolve one -1 entry so that the product equals `num_devices`."""
+    unknown = [k for k in MESH_AXES if int(axes.get(k, 1)) == -1]
+    if set(axes) - set(MESH_AXES):
+        raise ValueError(f"unknown mesh axes {sorted(set(axes) - set(MESH_AXES))}; use {MESH_AXES}")
+    if len(unknown) > 1:
+        raise ValueError(f"only one mesh axis may be -1, got {unknown}")
+    known = math.prod(int(axes.get(k, 1)) for k in MESH_AXES if k not in unknown)
+    if any(int(axes.get(k, 1)) == 0 or int(axes.get(k, 1)) < -1 for k in MESH_AXES):
+        raise ValueError(f"mesh axis sizes must be positive or -1, got {dict(axes)}")
+    if unknown:
+        if num_devices % known:
+            raise ValueError(f"mesh {dict(axes)} does not divide {num_devices} devices")
+        axes = {**axes, unknown[0]: num_devices // known}
+    shape = tuple(int(axes.get(k, 1)) for k in MESH_AXES)
+    if math.prod(shape) != num_devices:
+        raise ValueError(f"mesh {dict(zip(MESH_AXES, shape))} needs {math.prod(shape)} devices, "
+                         f"there are {num_devices}")
+    return shape
+
+
+def make_mesh(axes: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+    devices = list(devices if devices is not None else jax.devices())
+    shape = mesh_shape(axes, len(devices))
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES),
+                         devices=devices)
+
+
+def _fit_to_shape(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
+    """Drop mesh axes from dimensions they do not divide (those dimensions stay replicated)."""
+    fitted = []
+    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+        names = () if axes is None else (axes if isinstance(axes, tuple) else (axes,))
+        size = math.prod(mesh.shape[a] for a in names)
+        fitted.append(axes if size and dim % size == 0 else None)
+    return P(*fitted)
+
+
+def param_shardings(boxed_abstract: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]]) -> Any:
+    """NamedSharding per parameter from the logical names in a boxed (abstract) parameter tree."""
+    logical_specs = nn.get_partition_spec(boxed_abstract)
+    values = nn.unbox(boxed_abstract)
+
+    def to_sharding(spec, value):
+        mesh_spec = nn.logical_to_mesh_axes(spec, rules) if spec is not None else P()
+        return NamedSharding(mesh, _fit_to_shape(mesh_spec, value.shape, mesh))
+
+    return jax.tree.map(to_sharding, logical_specs, values, is_leaf=lambda x: isinstance(x, P) or x is None)
+
+
+def state_shardings(abstract_state: Any, params_sharding: Any, mesh: Mesh) -> Any:
+    """Shardings for a whole train state: any leaf whose key path ends with a parameter's path (and has its shape)
+    is sharded like that parameter (Adam moments); everything else (step counters, scalars) is replicated."""
+    from flax import traverse_util
+
+    by_path = {k: s for k, s in traverse_util.flatten_dict(params_sharding).items()}
+    max_len = max(len(k) for k in by_path) if by_path else 0
+    replicated = NamedSharding(mesh, P())
+
+    def find(path, leaf):
+        keys = tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+        for n in range(min(max_len, len(keys)), 0, -1):
+            s = by_path.get(keys[-n:])
+            if s is not None and len(s.spec) <= len(leaf.shape):
+                return s
+        return replicated
+
+    return jax.tree_util.tree_map_with_path(find, abstract_state)
+
+
+def replicated_fraction(abstract: Any, shardings: Any) -> float:
+    """Fraction of bytes held whole on every device."""
+    total = replicated = 0
+    for leaf, s in zip(jax.tree.leaves(abstract), jax.tree.leaves(shardings)):
+        nbytes = math.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize
+        total += nbytes
+        if s.is_fully_replicated:
+            replicated += nbytes
+    return replicated / max(total, 1)
+
+
+def check_replication(abstract_params: Any, shardings: Any, mesh: Mesh, max_fraction: float) -> float:
+    """Stop a run whose rules leave too many parameter bytes replicated on a mesh that shards parameters."""
+    frac = replicated_fraction(abstract_params, shardings)
+    if mesh.shape["fsdp"] > 1 and frac > max_fraction:
+        from flax import traverse_util
+
+        worst = sorted(((math.prod(v.shape), "/".join(k)) for (k, v), s in zip(
+            traverse_util.flatten_dict(abstract_params).items(), traverse_util.flatten_dict(shardings).values())
+            if s.is_fully_replicated), reverse=True)[:8]
+        raise ValueError(f"{frac:.1%} of parameter bytes stay replicated on mesh {dict(mesh.shape)} "
+                         f"(limit {max_fraction:.1%}); check the sharding rules. Largest replicated: "
+                         + ", ".join(f"{n} ({c:,})" for c, n in worst))
+    return frac
+
+
+def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+    """Leading (batch) dimension over data x fsdp, the rest replicated."""
+    return NamedSharding(mesh, P(("data", "fsdp"), *([None] * (ndim - 1))))
+
+
+def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Assemble global arrays from this process's slice of the batch (works with one or many processes)."""
+    return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v) for k, v in local.items()}
