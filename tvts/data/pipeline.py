@@ -1,0 +1,105 @@
+"""Batches for the trainer: host-sharded, deterministic in the iteration number, prefetched.
+
+A batch source maps an iteration number to this process's slice of the global batch, so the
+loader state to checkpoint is the iteration itself and a resumed run sees exactly the batches
+an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Callable, Iterator, Protocol
+
+import numpy as np
+
+from tvts.data.synthetic import SyntheticConfig, SyntheticCorpus
+from tvts.data.tokenizer import get_tokenizer
+
+Batch = dict[str, np.ndarray]
+
+
+class BatchSource(Protocol):
+    kind: str  # 'transcribed' or 'captioned'
+
+    def batch(self, iteration: int) -> Batch: ...
+
+
+class SyntheticSource:
+    """The built-in corpus. Batch: video uint8 [b, T, H, W, 3], texts int32 [b, n, L] (n = 4 transcripts or 1 caption)."""
+
+    def __init__(self, kind: str, corpus: SyntheticCorpus, global_batch: int, context_length: int,
+                 process_index: int = 0, process_count: int = 1, train: bool = True):
+        if global_batch % process_count:
+            raise ValueError(f"global batch {global_batch} is not divisible by {process_count} processes")
+        self.kind, self.corpus, self.global_batch = kind, corpus, global_batch
+        self.local_batch = global_batch // process_count
+        self.offset = process_index * self.local_batch
+        self.tokenizer = get_tokenizer(context_length)
+        self.context_length, self.train = context_length, train
+
+    def indices(self, iteration: int) -> np.ndarray:
+        return iteration * self.global_batch + self.offset + np.arange(self.local_batch)
+
+    def batch(self, iteration: int) -> Batch:
+        idx = self.indices(iteration)
+        if self.kind == "transcribed":
+            raw = self.corpus.transcribed_batch(idx, train=self.train)
+            texts = [t for video in raw["transcripts"] for t in video]
+            tokens = self.tokenizer(texts, self.context_length).reshape(len(idx), -1, self.context_length)
+        else:
+            raw = self.corpus.captioned_batch(idx, train=self.train)
+            tokens = self.tokenizer(raw["captions"], self.context_length)[:, None]
+        return {"video": raw["frames"], "texts": tokens.astype(np.int32)}
+
+
+def make_sources(data_cfg, image_size: int, num_frames: int, process_index: int = 0,
+                 process_count: int = 1) -> dict[str, BatchSource]:
+    if data_cfg.name != "synthetic":
+        raise ValueError(f"config.data.name={data_cfg.name!r}: this build reads the built-in 'synthetic' corpus")
+    corpus = SyntheticCorpus(synthetic_config(data_cfg, image_size, num_frames), split="train")
+    return {kind: SyntheticSource(kind, corpus, data_cfg[f"{kind}_batch"], data_cfg.context_length,
+                                  process_index, process_count) for kind in data_cfg.sources}
+
+
+def synthetic_config(data_cfg, image_size: int, num_frames: int) -> SyntheticConfig:
+    clips = SyntheticConfig().num_clips
+    if num_frames % clips:
+        raise ValueError(f"config.model.num_frames={num_frames}: the synthetic corpus needs a multiple of {clips} "
+                         f"(frames per clip x {clips} clips)")
+    return SyntheticConfig(seed=data_cfg.seed, image_size=image_size, frames_per_clip=num_frames // clips)
+
+
+class Prefetcher:
+    """Runs `make(i)` for i = start, start+1, ... in a background thread, `depth` items ahead."""
+
+    def __init__(self, make: Callable[[int], object], start: int, depth: int = 2):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(make, start), daemon=True)
+        self._thread.start()
+
+    def _run(self, make, i):
+        while not self._stop.is_set():
+            try:
+                item = (i, make(i), None)
+            except Exception as e:  # surfaced in the consumer, with the iteration that failed
+                item = (i, None, e)
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if item[2] is not None:
+                return
+            i += 1
+
+    def __iter__(self) -> Iterator:
+        while True:
+            i, value, err = self._queue.get()
+            if err is not None:
+                raise RuntimeError(f"data loading failed at iteration {i}: {err}") from err
+            yield i, value
+
+    def close(self):
+        self._stop.set()

@@ -1,0 +1,330 @@
+"""The TVTSv2 trainer: one file, read top to bottom.
+
+    python -m tvts.train --config configs/pretrain.py[:variant=tiny,...] --workdir DIR [--config.total_steps=...]
+
+Order of work: validate the config (before any allocation) -> mesh -> abstract state and its
+shardings -> state (resumed from the newest checkpoint in the workdir, else `config.resume`,
+else `config.init`, else random, created directly sharded) -> loop (one update per configured
+source per iteration) with metrics, evaluation and checkpoints -> final evaluation.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from tvts import config as config_lib
+from tvts import losses, optim, sharding
+from tvts.models.tvtsv2 import TVTSv2, init_params
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs
+# ----------------------------------------------------------------------------------------------
+def preprocess_video(video: jax.Array) -> jax.Array:
+    """uint8 [..., H, W, 3] -> float32 normalised with ImageNet mean/std (as published)."""
+    return (video.astype(jnp.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+
+
+def num_kept(num_patches: int, ratio: float) -> int:
+    return int(num_patches * (1.0 - ratio))
+
+
+def random_keep(rng: jax.Array, batch: int, num_patches: int, ratio: float) -> jax.Array | None:
+    """Tube mask: per video, `num_kept` random patch positions (sorted), the same in every frame. None at ratio 0."""
+    if ratio == 0.0:
+        return None
+    order = jnp.argsort(jax.random.uniform(rng, (batch, num_patches)), axis=1)
+    return jnp.sort(order[:, :num_kept(num_patches, ratio)], axis=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Model, optimizer and the shape of the state
+# ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Setup:
+    """Everything derived from the config before any array is allocated."""
+
+    config: Any
+    model: TVTSv2
+    mesh: jax.sharding.Mesh
+    rules: tuple
+    labels: Any  # parameter -> group name or None (frozen)
+    tx: optax.GradientTransformation
+    schedules: dict[str, optax.Schedule]
+    abstract_state: Any
+    state_sharding: Any
+    mask_ratio: float
+
+    @property
+    def params_sharding(self):
+        return self.state_sharding["params"]
+
+
+def optimizer_rules(config) -> list:
+    variant = config_lib.model_variant(config.model)
+    if config.optim.rules:
+        return [tuple(r) for r in config.optim.rules]
+    return optim.published_rules(config.optim.temporal_embedding_group, config.optim.freeze_text_embeddings,
+                                 has_frozen_text_blocks=variant.text.num_frozen > 0)
+
+
+def total_updates(config) -> int:
+    return config.total_steps * len(config.data.sources)
+
+
+def make_setup(config, mesh: jax.sharding.Mesh | None = None) -> Setup:
+    config_lib.validate(config)
+    variant = config_lib.model_variant(config.model)
+    model = TVTSv2(variant, jnp.dtype(config.model.dtype), config.model.remat)
+    mesh = mesh if mesh is not None else sharding.make_mesh(dict(config.mesh))
+    rules = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in config.sharding_rules)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        boxed = jax.eval_shape(functools.partial(init_params, model, time_init=config.model.time_init),
+                               jax.random.key(0))
+    params_sharding = sharding.param_shardings(boxed, mesh, rules)
+    abstract_params = nn.unbox(boxed)
+    sharding.check_replication(abstract_params, params_sharding, mesh, config.max_replicated_fraction)
+    labels = optim.assign_groups(abstract_params, optimizer_rules(config), config.optim.groups)
+    tx, schedules = optim.make_optimizer(config.optim, labels, total_updates(config))
+    abstract_state = jax.eval_shape(functools.partial(new_state, tx=tx, labels=labels), abstract_params)
+    state_sharding = sharding.state_shardings(abstract_state, params_sharding, mesh)
+    state_sharding["params"] = params_sharding
+    return Setup(config, model, mesh, rules, labels, tx, schedules, abstract_state, state_sharding,
+                 config_lib.mask_ratio(config))
+
+
+def new_state(params, *, tx, labels) -> dict[str, Any]:
+    trainable, _ = optim.partition(params, labels)
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(trainable),
+            "nonfinite_step": jnp.full((), -1, jnp.int32)}
+
+
+def init_state(setup: Setup, rng: jax.Array, params: Any = None) -> dict[str, Any]:
+    """Random (or given) params and fresh optimizer state, created directly with the target shardings."""
+
+    def create(rng, params):
+        if params is None:
+            params = nn.unbox(init_params(setup.model, rng, setup.config.model.time_init))
+        return new_state(params, tx=setup.tx, labels=setup.labels)
+
+    with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
+        return jax.jit(create, out_shardings=setup.state_sharding)(rng, params)
+
+
+# ----------------------------------------------------------------------------------------------
+# The train step
+# ----------------------------------------------------------------------------------------------
+def compute_losses(params, model: TVTSv2, batch, keep, loss_cfg) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """batch: video uint8 [B, T, H, W, 3], texts int32 [B, n, L]; n > 1 adds the sorting loss."""
+    out = model.apply({"params": params}, preprocess_video(batch["video"]), keep, batch["texts"])
+    text = losses.transcript_text_embedding(out["text_emb"])
+    total, metrics = losses.contrastive_loss(out["video_emb"], text, loss_cfg.temperature)
+    metrics["contrastive_loss"] = total
+    if "sort_logits" in out:
+        sort_loss, sort_acc = losses.sorting_loss(out["sort_logits"])
+        total = total + loss_cfg.sort_weight * sort_loss
+        metrics.update(sort_loss=sort_loss, sort_accuracy=sort_acc)
+    metrics["loss"] = total
+    return total, metrics
+
+
+def make_train_step(setup: Setup, kind: str) -> Callable:
+    """A jitted (state, batch, rng) -> (state, metrics) for one source; the state is donated.
+
+    A non-finite loss or gradient skips the update and records the step in state['nonfinite_step'], so the state
+    (and any checkpoint of it) is never poisoned; the host loop stops on it.
+    """
+    model, cfg = setup.model, setup.config
+    patches = model.variant.video.num_patches
+    grad_accum = cfg.grad_accum_steps
+
+    def step(state, batch, rng):
+        rng = jax.random.fold_in(rng, state["step"])
+        keep = random_keep(rng, batch["video"].shape[0], patches, setup.mask_ratio)
+        trainable, frozen = optim.partition(state["params"], setup.labels)
+
+        def loss_fn(trainable):
+            return compute_losses(optim.merge(trainable, frozen), model, batch, keep, cfg.loss)
+
+        if grad_accum > 1:
+            from tvts.accumulate import accumulated_grads
+            (_, metrics), grads = accumulated_grads(trainable, frozen, model, batch, keep, cfg.loss, grad_accum)
+        else:
+            (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+        grad_norm = optax.global_norm(grads)
+        updates, opt_state = setup.tx.update(grads, state["opt_state"], trainable)
+        new = {"step": state["step"] + 1, "params": optim.merge(optax.apply_updates(trainable, updates), frozen),
+               "opt_state": opt_state, "nonfinite_step": state["nonfinite_step"]}
+        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+        new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+        new["step"] = state["step"] + 1
+        new["nonfinite_step"] = jnp.where(finite | (state["nonfinite_step"] >= 0), state["nonfinite_step"],
+                                          state["step"])
+        metrics["grad_norm"] = grad_norm
+        return new, metrics
+
+    batch_sharding = {"video": sharding.batch_sharding(setup.mesh, 5), "texts": sharding.batch_sharding(setup.mesh, 3)}
+    jitted = jax.jit(step, in_shardings=(setup.state_sharding, batch_sharding, None),
+                     out_shardings=(setup.state_sharding, None), donate_argnums=0)
+
+    def run(state, batch, rng):
+        with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
+            return jitted(state, batch, rng)
+
+    run.jitted = jitted
+    return run
+
+
+def learning_rates(setup: Setup, update: int) -> dict[str, float]:
+    return {f"lr/{g}": float(s(update)) for g, s in setup.schedules.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Main loop
+# ----------------------------------------------------------------------------------------------
+def train_and_evaluate(config, workdir: str) -> dict[str, float]:
+    """Runs (or resumes) training in `workdir`; returns the final evaluation metrics."""
+    from tqdm import tqdm
+
+    from tvts import distributed
+    from tvts.checkpoint import Checkpointer, restore_params, with_shardings
+    from tvts.data.pipeline import Prefetcher, make_sources
+    from tvts.evaluators.common import make_evaluators
+    from tvts.metrics import MetricWriter
+
+    config_lib.validate(config)
+    setup = make_setup(config)
+    is_main = jax.process_index() == 0
+    os.makedirs(workdir, exist_ok=True)
+    writer = MetricWriter(workdir, enabled=is_main)
+    writer.text(f"{distributed.describe()}\nmesh {dict(setup.mesh.shape)}, mask ratio {setup.mask_ratio}")
+
+    # --- State: newest checkpoint in workdir, then config.resume, then config.init, then scratch. ---
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
+    target = with_shardings(setup.abstract_state, setup.state_sharding)
+    rng = jax.random.key(config.seed)
+    init_rng, step_rng = jax.random.split(rng)
+    start_iteration = 0
+    if ckpt.latest_step() is not None:
+        state, meta = ckpt.restore(ckpt.latest_step(), target)
+        start_iteration = int(meta["iteration"])
+        writer.text(f"resumed from {ckpt.directory} at iteration {start_iteration}")
+    elif config.resume:
+        other = Checkpointer(config.resume)
+        state, meta = other.restore(other.latest_step(), target)
+        other.close()
+        start_iteration = int(meta["iteration"])
+        writer.text(f"resumed from {config.resume} at iteration {start_iteration}")
+    elif config.init:
+        params = restore_params(config.init, target["params"])
+        state = init_state(setup, init_rng, params)
+        writer.text(f"initialised parameters from {config.init}")
+    else:
+        state = init_state(setup, init_rng)
+
+    # --- Data, steps, evaluators. ---
+    variant = setup.model.variant
+    sources = make_sources(config.data, variant.video.image_size, config.model.num_frames,
+                           jax.process_index(), jax.process_count())
+    steps = {kind: make_train_step(setup, kind) for kind in sources}
+
+    def load(iteration):
+        return {kind: src.batch(iteration) for kind, src in sources.items()}
+
+    evaluators = make_evaluators(config, setup)
+    batches = Prefetcher(load, start_iteration)
+    history: dict[str, list] = {}
+    bar = tqdm(total=config.total_steps, initial=start_iteration, disable=not is_main, desc="train",
+               dynamic_ncols=True)
+    last_log, clips_since_log = time.perf_counter(), 0
+    clips_per_iteration = sum(config.data[f"{k}_batch"] for k in sources)
+    try:
+        for iteration, local in batches:
+            if iteration >= config.total_steps:
+                break
+            metrics = {}
+            for kind, step in steps.items():
+                state, m = step(state, sharding.global_batch(local[kind], setup.mesh), step_rng)
+                metrics.update({f"{kind}/{k}": v for k, v in m.items()})
+            done = iteration + 1
+            clips_since_log += clips_per_iteration
+            bar.update(1)
+            is_log = done % config.log_every == 0 or done == config.total_steps
+            is_ckpt = done % config.checkpoint_every == 0 or done == config.total_steps
+            if is_log or is_ckpt:
+                bad = int(state["nonfinite_step"])
+                if bad >= 0:
+                    raise FloatingPointError(f"non-finite loss or gradient at update {bad} (iteration "
+                                             f"{bad // len(steps)}); that update was skipped and no checkpoint "
+                                             f"was written after it. Last good checkpoint: {ckpt.latest_step()}")
+            if is_log:
+                scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                elapsed = time.perf_counter() - last_log
+                scalars.update(learning_rates(setup, int(state["step"])))
+                scalars["clips_per_sec"] = clips_since_log / elapsed
+                scalars["step_time"] = elapsed / (clips_since_log / clips_per_iteration)
+                last_log, clips_since_log = time.perf_counter(), 0
+                writer.scalars(done, scalars)
+                for k, v in scalars.items():
+                    history.setdefault(k, []).append((done, v))
+                bar.set_postfix_str(writer.summary_line(scalars))
+            for ev in evaluators:
+                if ev.due(done, config.total_steps):
+                    writer.scalars(done, ev.run(state["params"]))
+            if is_ckpt:
+                ckpt.save(done, state, {"iteration": done})
+    finally:
+        batches.close()
+        bar.close()
+        ckpt.wait()
+        ckpt.close()
+
+    final = {}
+    for ev in evaluators:
+        final.update(ev.run(state["params"], final=True))
+    writer.scalars(config.total_steps, final)
+    if is_main:
+        writer.plot_history(history)
+        writer.report(final)
+        with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
+            json.dump(final, f, indent=1, sort_keys=True)
+    writer.close()
+    return final
+
+
+def main(argv):
+    del argv
+    from absl import flags
+
+    from tvts import distributed
+
+    flags_ = flags.FLAGS
+    distributed.initialize(flags_.coordinator_address or None, flags_.num_processes, flags_.process_id)
+    train_and_evaluate(flags_.config, flags_.workdir)
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/pretrain.py:variant=tiny",
+                                    lock_config=True)
+    flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and plots go (resumes from it).")
+    flags.DEFINE_string("coordinator_address", "", "host:port of process 0 (multi-process CPU/GPU runs).")
+    flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
+    flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main)
