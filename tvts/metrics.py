@@ -53,9 +53,13 @@ class MetricWriter:
 
     def report(self, values: Mapping[str, float]) -> None:
         if self.enabled:
-            width = max((len(k) for k in values), default=0)
-            print("\n".join(["", "final evaluation:"] + [f"  {k:<{width}}  {v:.4f}" for k, v in sorted(values.items())]),
-                  flush=True)
+            self.report_to_console(values)
+
+    @staticmethod
+    def report_to_console(values: Mapping[str, float]) -> None:
+        width = max((len(k) for k in values), default=0)
+        print("\n".join(["", "final evaluation:"] + [f"  {k:<{width}}  {v:.4f}" for k, v in sorted(values.items())]),
+              flush=True)
 
     def close(self) -> None:
         if self.enabled:

@@ -24,6 +24,7 @@ import optax
 
 from tvts import config as config_lib
 from tvts import losses, optim, sharding
+from tvts.accumulate import accumulated_grads
 from tvts.models.tvtsv2 import TVTSv2, init_params
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -124,6 +125,16 @@ def init_state(setup: Setup, rng: jax.Array, params: Any = None) -> dict[str, An
         return jax.jit(create, out_shardings=setup.state_sharding)(rng, params)
 
 
+def run_rngs(config) -> tuple[jax.Array, jax.Array]:
+    """(init_rng, step_rng) of a run: the random init is reproducible from the config alone."""
+    return tuple(jax.random.split(jax.random.key(config.seed)))
+
+
+def random_params(setup: Setup) -> Any:
+    """The run's random initial parameters (for comparing a trained model with its starting point)."""
+    return init_state(setup, run_rngs(setup.config)[0])["params"]
+
+
 # ----------------------------------------------------------------------------------------------
 # The train step
 # ----------------------------------------------------------------------------------------------
@@ -160,11 +171,10 @@ def make_train_step(setup: Setup, kind: str) -> Callable:
             return compute_losses(optim.merge(trainable, frozen), model, batch, keep, cfg.loss)
 
         if grad_accum > 1:
-            from tvts.accumulate import accumulated_grads
             (_, metrics), grads = accumulated_grads(trainable, frozen, model, batch, keep, cfg.loss, grad_accum)
         else:
             (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = setup.tx.update(grads, state["opt_state"], trainable)
         new = {"step": state["step"] + 1, "params": optim.merge(optax.apply_updates(trainable, updates), frozen),
                "opt_state": opt_state, "nonfinite_step": state["nonfinite_step"]}
@@ -215,8 +225,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     # --- State: newest checkpoint in workdir, then config.resume, then config.init, then scratch. ---
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
     target = with_shardings(setup.abstract_state, setup.state_sharding)
-    rng = jax.random.key(config.seed)
-    init_rng, step_rng = jax.random.split(rng)
+    init_rng, step_rng = run_rngs(config)
     start_iteration = 0
     if ckpt.latest_step() is not None:
         state, meta = ckpt.restore(ckpt.latest_step(), target)
@@ -244,7 +253,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     def load(iteration):
         return {kind: src.batch(iteration) for kind, src in sources.items()}
 
-    evaluators = make_evaluators(config, setup)
+    evaluators = make_evaluators(config, setup, workdir if is_main else None)
     batches = Prefetcher(load, start_iteration)
     history: dict[str, list] = {}
     bar = tqdm(total=config.total_steps, initial=start_iteration, disable=not is_main, desc="train",
@@ -307,7 +316,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
 
 def main(argv):
     del argv
-    from absl import flags
+    from absl import flags, logging
+
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
 
     from tvts import distributed
 

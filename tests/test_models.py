@@ -1,0 +1,259 @@
+"""The TVTSv2 model against independent NumPy references and the published recipe's facts."""
+import dataclasses
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tvts.models.text import eot_pool
+from tvts.models.tvtsv2 import TVTSv2, abstract_params, count_params, init_params, init_time_attention
+from tvts.models.variants import VARIANT_NAMES, decode_variant
+from tvts.models.video_vit import SpaceTimeBlock, gather_kept_patches
+
+TINY = decode_variant("tiny")
+
+
+# ---------------------------------------------------------------- NumPy reference of a divided block
+def np_ln(x, p, eps=1e-5):
+    mu = x.mean(-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + eps) * p["norm"]["scale"] + p["norm"]["bias"]
+
+
+def np_softmax_attention(q, k, v):  # q [Lq, H, Dh], k/v [Lk, H, Dh]
+    logits = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(q.shape[-1])
+    w = np.exp(logits - logits.max(-1, keepdims=True))
+    w /= w.sum(-1, keepdims=True)
+    return np.einsum("hqk,khd->qhd", w, v)
+
+
+def np_divided_attention(x, p, T, over):
+    """Loop over every query token and build its key set by hand (CLS: all tokens; patch: CLS + its group)."""
+    L = x.shape[0]
+    N = (L - 1) // T
+    qkv = np.einsum("ld,dthk->lthk", x, p["qkv"]["kernel"]) + p["qkv"]["bias"]
+    q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
+    out = np.zeros_like(q)
+    for i in range(L):
+        if i == 0:
+            keys = list(range(L))
+        else:
+            t, n = divmod(i - 1, N)
+            group = [1 + t * N + m for m in range(N)] if over == "space" else [1 + s * N + n for s in range(T)]
+            keys = [0] + group
+        out[i] = np_softmax_attention(q[i:i + 1], k[keys], v[keys])[0]
+    return np.einsum("lhk,hkd->ld", out, p["out"]["kernel"]) + p["out"]["bias"]
+
+
+def np_block(x, p, T, act=lambda z: z * 0.5 * (1 + np.vectorize(math.erf)(z / np.sqrt(2)))):
+    t = np_divided_attention(np_ln(x, p["ln_3"]), p["time_attn"], T, "time")
+    s = np_divided_attention(np_ln(x + t, p["ln_1"]), p["attn"], T, "space")
+    x = x + s
+    h = np_ln(x, p["ln_2"]) @ p["mlp"]["fc"]["kernel"] + p["mlp"]["fc"]["bias"]
+    return x + act(h) @ p["mlp"]["proj"]["kernel"] + p["mlp"]["proj"]["bias"]
+
+
+def _block_params(T, width=32, heads=4, seed=0):
+    block = SpaceTimeBlock(heads, 4 * width, "gelu", T)
+    x = jax.random.normal(jax.random.key(seed), (2, 1 + T * 6, width))
+    params = nn.unbox(block.init(jax.random.key(seed + 1), x)["params"])
+    # randomise everything (LayerNorm affine too) so the reference is exercised fully
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(seed + 2), len(leaves))
+    params = jax.tree.unflatten(tree, [0.3 * jax.random.normal(k, l.shape) + (l == 1) for k, l in zip(keys, leaves)])
+    return block, x, params
+
+
+@pytest.mark.parametrize("T", [1, 3])
+def test_space_time_block_matches_numpy_reference(T):
+    block, x, params = _block_params(T)
+    got = np.asarray(jax.jit(lambda p, x: block.apply({"params": p}, x)[0])(params, x))
+    want = np.stack([np_block(np.asarray(xi, np.float64), jax.tree.map(lambda a: np.asarray(a, np.float64), params), T)
+                     for xi in x])
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize("scheme", ["learnable", "published"])
+def test_fresh_time_attention_is_a_no_op(scheme):
+    """A block whose time attention was just initialised computes the space-only block (t = 0)."""
+    T = 3
+    block, x, params = _block_params(T, seed=5)
+    fresh = init_time_attention({"video": {"blocks": params}}, scheme)["video"]["blocks"]
+    got = block.apply({"params": fresh}, x)[0]
+    p64 = jax.tree.map(lambda a: np.asarray(a, np.float64), fresh)
+    no_time = []
+    for xi in np.asarray(x, np.float64):  # the reference block without the time branch
+        s = np_divided_attention(np_ln(xi, p64["ln_1"]), p64["attn"], T, "space")
+        y = xi + s
+        h = np_ln(y, p64["ln_2"]) @ p64["mlp"]["fc"]["kernel"] + p64["mlp"]["fc"]["bias"]
+        gelu = h * 0.5 * (1 + np.vectorize(math.erf)(h / np.sqrt(2)))
+        no_time.append(y + gelu @ p64["mlp"]["proj"]["kernel"] + p64["mlp"]["proj"]["bias"])
+    np.testing.assert_allclose(np.asarray(got), np.stack(no_time), rtol=2e-4, atol=2e-4)
+
+
+def _time_attention_grads(scheme):
+    model = TVTSv2(TINY)
+    params = nn.unbox(init_params(model, jax.random.key(0), scheme))
+    video = jax.random.normal(jax.random.key(1), (2, 4, 32, 32, 3))
+    texts = jnp.ones((2, 4, 8), jnp.int32)
+
+    def loss(p):
+        out = model.apply({"params": p}, video, None, texts)
+        return jnp.sum(out["video_tokens"] ** 2) + jnp.sum(out["sort_logits"])
+
+    g = jax.grad(loss)(params)["video"]["blocks"]
+    return g["time_attn"], g["attn"]
+
+
+def test_default_time_attention_learns():
+    time_g, space_g = _time_attention_grads("learnable")
+    assert float(jnp.abs(time_g["out"]["kernel"]).max()) > 1e-3
+    # once the projection moves, qkv gets gradient too; at init the projection is the path
+    assert float(jnp.abs(space_g["qkv"]["kernel"]).max()) > 1e-3
+
+
+def test_published_time_attention_is_dead():
+    """REFERENCE.md: the all-ones projection adds the same value to every channel, ln_1 removes it."""
+    time_g, space_g = _time_attention_grads("published")
+    space_scale = float(jnp.abs(space_g["qkv"]["kernel"]).max())
+    assert float(jnp.abs(time_g["qkv"]["kernel"]).max()) < 1e-4 * space_scale
+    assert float(jnp.abs(time_g["out"]["kernel"]).max()) == 0.0
+
+
+# ---------------------------------------------------------------- shapes, masking, pooling
+def test_forward_shapes_with_and_without_mask():
+    model = TVTSv2(TINY)
+    params = nn.unbox(init_params(model, jax.random.key(0)))
+    video = jnp.zeros((3, 12, 32, 32, 3))
+    keep = jnp.tile(jnp.arange(5)[None], (3, 1))
+    texts = jnp.ones((3, 4, 16), jnp.int32)
+    out = jax.jit(model.apply)({"params": params}, video, keep, texts)
+    assert out["video_tokens"].shape == (3, 1 + 12 * 5, TINY.joint_dim)
+    assert out["video_emb"].shape == (3, TINY.joint_dim)
+    assert out["text_emb"].shape == (3, 4, TINY.joint_dim)
+    assert out["sort_logits"].shape == (3, 4, 4)
+    full = model.apply({"params": params}, video, None, texts[:, :1])
+    assert full["video_tokens"].shape == (3, 1 + 12 * 16, TINY.joint_dim)
+    assert "sort_logits" not in full  # a caption batch has nothing to sort
+    image = model.apply({"params": params}, video[:, :1], None, method=TVTSv2.encode_video)  # T = 1
+    assert image.shape == (3, 17, TINY.joint_dim)
+
+
+def test_tube_mask_keeps_the_same_positions_in_every_frame():
+    B, T, P, D = 2, 4, 9, 3
+    patches = jnp.arange(B * T * P * D, dtype=jnp.float32).reshape(B, T, P, D)
+    keep = jnp.array([[0, 4, 7], [1, 2, 8]])
+    got = np.asarray(gather_kept_patches(patches, keep))
+    assert got.shape == (B, T, 3, D)
+    for b in range(B):
+        for t in range(T):
+            np.testing.assert_array_equal(got[b, t], np.asarray(patches)[b, t, np.asarray(keep[b])])
+
+
+def test_masking_drops_tokens_before_the_blocks():
+    """Masked-out patches must not influence the output: perturbing them changes nothing."""
+    model = TVTSv2(TINY)
+    params = nn.unbox(init_params(model, jax.random.key(0)))
+    video = jax.random.normal(jax.random.key(3), (1, 2, 32, 32, 3))
+    keep = jnp.array([[0, 5]])  # patches (row 0, col 0) and (row 1, col 1) of the 4x4 grid
+    poked = video.at[:, :, 24:, 24:].add(5.0)  # patch 15, not kept
+    a = model.apply({"params": params}, video, keep, method=TVTSv2.encode_video)
+    b = model.apply({"params": params}, poked, keep, method=TVTSv2.encode_video)
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    c = model.apply({"params": params}, video.at[:, :, :8, :8].add(5.0), keep, method=TVTSv2.encode_video)
+    assert float(jnp.abs(a - c).max()) > 1e-3
+
+
+def test_eot_pooling_takes_the_highest_token_position():
+    x = jnp.arange(2 * 5 * 3, dtype=jnp.float32).reshape(2, 5, 3)
+    tokens = jnp.array([[49406, 320, 49407, 0, 0], [49406, 320, 1125, 539, 49407]])
+    np.testing.assert_array_equal(eot_pool(x, tokens), np.stack([x[0, 2], x[1, 4]]))
+
+
+def test_text_encoder_is_causal():
+    """A token only sees earlier tokens: changing text after EOT leaves the embedding unchanged."""
+    model = TVTSv2(TINY)
+    params = nn.unbox(init_params(model, jax.random.key(0)))
+    a = jnp.array([[49406, 320, 1125, 49407, 0, 0]])
+    b = a.at[0, 4:].set(jnp.array([77, 88]))
+    ea = model.apply({"params": params}, a, method=TVTSv2.encode_text)
+    eb = model.apply({"params": params}, b, method=TVTSv2.encode_text)
+    np.testing.assert_allclose(ea, eb, atol=1e-6)
+
+
+def test_sort_head_is_permutation_equivariant_in_transcripts():
+    """No positional embedding on transcripts: permuting them permutes the logits' rows."""
+    model = TVTSv2(TINY)
+    params = nn.unbox(init_params(model, jax.random.key(0)))
+    tokens = jax.random.normal(jax.random.key(1), (2, 7, TINY.joint_dim))
+    trans = jax.random.normal(jax.random.key(2), (2, 4, TINY.joint_dim))
+    perm = jnp.array([2, 0, 3, 1])
+    a = model.apply({"params": params}, tokens, trans, method=TVTSv2.sort)
+    b = model.apply({"params": params}, tokens, trans[:, perm], method=TVTSv2.sort)
+    np.testing.assert_allclose(a[:, perm], b, rtol=1e-5, atol=1e-5)
+
+
+def test_compute_dtype_keeps_float32_params_and_outputs():
+    model = TVTSv2(TINY, dtype=jnp.bfloat16)
+    params = nn.unbox(init_params(model, jax.random.key(0)))
+    assert {l.dtype for l in jax.tree.leaves(params)} == {jnp.dtype("float32")}
+    out = model.apply({"params": params}, jnp.zeros((1, 2, 32, 32, 3)), None, jnp.ones((1, 4, 8), jnp.int32))
+    assert out["video_emb"].dtype == jnp.float32 and out["sort_logits"].dtype == jnp.float32
+    ref = TVTSv2(TINY).apply({"params": params}, jnp.zeros((1, 2, 32, 32, 3)), None, jnp.ones((1, 4, 8), jnp.int32))
+    np.testing.assert_allclose(out["video_emb"], ref["video_emb"], rtol=0.1, atol=0.1)
+
+
+# ---------------------------------------------------------------- variants and abstract parameter counts
+def _expected_counts(v):
+    """Hand formula from the architecture description."""
+    def block(w, mlp):  # qkv + out + 2 LN + MLP
+        return (w * 3 * w + 3 * w) + (w * w + w) + 2 * 2 * w + (w * mlp + mlp + mlp * w + w)
+
+    vid = v.video
+    video = (3 * vid.patch_size**2 * vid.width + (vid.num_patches + 1) * vid.width + vid.max_frames * vid.width
+             + vid.width + 4 * vid.width + vid.width * v.joint_dim
+             + vid.depth * (block(vid.width, vid.mlp_dim) + (vid.width * 3 * vid.width + 3 * vid.width)
+                            + (vid.width * vid.width + vid.width) + 2 * vid.width))
+    t = v.text
+    text = (t.vocab_size * t.width + t.context_length * t.width + t.depth * block(t.width, 4 * t.width) + 2 * t.width
+            + t.width * v.joint_dim)
+    s = v.sort_head
+    sort = 2 * s.width + s.depth * block(s.width, 4 * s.width) + 2 * s.width + s.width * s.num_clips + s.num_clips
+    return video, text, sort
+
+
+@pytest.mark.parametrize("name", VARIANT_NAMES)
+def test_abstract_parameter_counts(name):
+    v = decode_variant(name)
+    tree = abstract_params(v)
+    video, text, sort = _expected_counts(v)
+    assert count_params(tree["video"]) == video
+    assert count_params(tree["text"]) == text
+    assert count_params(tree["sort_head"]) == sort
+
+
+def test_published_sizes():
+    h14 = abstract_params(decode_variant("H/14"))
+    assert count_params(h14) >= 1.0e9
+    assert 0.83e9 < count_params(h14["video"]) < 0.85e9  # 632M image ViT + ~210M time attention
+    assert 0.35e9 < count_params(h14["text"]) < 0.36e9
+    assert count_params(abstract_params(decode_variant("G/14"))) > count_params(h14)
+
+
+def test_unknown_variant_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown variant 'B/8'.*known variants"):
+        decode_variant("B/8")
+
+
+def test_variant_table_is_immutable():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        decode_variant("B/16").joint_dim = 7
+
+
+def test_too_many_frames_is_a_clear_error():
+    model = TVTSv2(TINY)
+    with pytest.raises(ValueError, match="13 frames exceed the temporal embedding's 12 rows"):
+        model.init(jax.random.key(0), jnp.zeros((1, 13, 32, 32, 3)), None, jnp.ones((1, 4, 8), jnp.int32))

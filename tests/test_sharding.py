@@ -1,0 +1,122 @@
+"""Sharded training on 8 simulated devices matches one device; accumulation; restore on another mesh."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tvts import optim, sharding, train
+from tvts.accumulate import accumulated_grads, split_microbatches
+from tvts.checkpoint import Checkpointer, with_shardings
+from test_train import batch_for, tiny_config
+
+
+def setup_on(config, axes, devices=None):
+    return train.make_setup(config, sharding.make_mesh(axes, devices))
+
+
+def test_mesh_shape_resolution():
+    assert sharding.mesh_shape({"data": -1}, 8) == (8, 1, 1)
+    assert sharding.mesh_shape({"data": 2, "fsdp": -1, "tensor": 2}, 8) == (2, 2, 2)
+    with pytest.raises(ValueError, match="needs 6 devices, there are 8"):
+        sharding.mesh_shape({"data": 3, "fsdp": 2}, 8)
+    with pytest.raises(ValueError, match="only one mesh axis may be -1"):
+        sharding.mesh_shape({"data": -1, "fsdp": -1}, 8)
+    with pytest.raises(ValueError, match="unknown mesh axes"):
+        sharding.mesh_shape({"model": 8}, 8)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """One step on a single device: the state before, the batch, and the state and metrics after.
+
+    Adam's eps is raised to 1 so the first update is ~lr * gradient (plain Adam's first step is lr * sign(g),
+    which turns float noise in near-zero gradients into full-size differences).
+    """
+    config = tiny_config(**{"optim.eps": 1.0, "optim.groups.new": 1.0, "optim.groups.clip": 1.0})
+    setup = setup_on(config, {"data": 1}, jax.devices()[:1])
+    state = train.init_state(setup, jax.random.key(0))
+    start = jax.device_get(state)
+    batch = batch_for(config)
+    state, metrics = train.make_train_step(setup, "transcribed")(
+        state, sharding.global_batch(batch, setup.mesh), jax.random.key(1))
+    return config, start, batch, jax.device_get(state), jax.device_get(metrics)
+
+
+@pytest.mark.parametrize("axes", [{"data": 8}, {"fsdp": 8}, {"data": 2, "fsdp": 2, "tensor": 2}])
+def test_sharded_step_matches_single_device(reference, axes):
+    config, start, batch, want_state, want_metrics = reference
+    setup = setup_on(config, axes)
+    if axes.get("fsdp", 1) > 1:  # parameters really are split, not replicated
+        kernel = setup.params_sharding["video"]["blocks"]["mlp"]["fc"]["kernel"]
+        assert not kernel.is_fully_replicated
+    state = jax.device_put(start, setup.state_sharding)
+    state, metrics = train.make_train_step(setup, "transcribed")(
+        state, sharding.global_batch(batch, setup.mesh), jax.random.key(1))
+    for k in ("loss", "contrastive_loss", "sort_loss"):
+        np.testing.assert_allclose(float(metrics[k]), float(want_metrics[k]), rtol=2e-5, err_msg=k)
+    got = jax.device_get(state["params"])
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want_state["params"])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=5e-6, err_msg=optim.path_str(path))
+
+
+def test_microbatch_split_interleaves_rows():
+    x = jnp.arange(8)
+    np.testing.assert_array_equal(split_microbatches(x, 2), [[0, 2, 4, 6], [1, 3, 5, 7]])
+
+
+@pytest.mark.parametrize("kind", ["transcribed", "captioned"])
+def test_accumulated_gradients_equal_full_batch_gradients(kind):
+    """Contrastive over the global batch + sorting: the gradient cache reproduces the full-batch gradient."""
+    config = tiny_config()
+    setup = setup_on(config, {"data": 1}, jax.devices()[:1])
+    params = jax.device_get(train.init_state(setup, jax.random.key(0))["params"])
+    trainable, frozen = optim.partition(params, setup.labels)
+    batch = batch_for(config)
+    if kind == "captioned":
+        batch = {"video": batch["video"], "texts": batch["texts"][:, :1]}
+    keep = train.random_keep(jax.random.key(3), 8, 16, 0.5)
+
+    def full(trainable):
+        return train.compute_losses(optim.merge(trainable, frozen), setup.model, batch, keep, config.loss)
+
+    (want_loss, want_m), want = jax.jit(jax.value_and_grad(full, has_aux=True))(trainable)
+    for k in (2, 4):
+        (loss, m), got = jax.jit(lambda t: accumulated_grads(t, frozen, setup.model, batch, keep, config.loss, k))(
+            trainable)
+        np.testing.assert_allclose(float(loss), float(want_loss), rtol=1e-5)
+        if kind == "transcribed":
+            np.testing.assert_allclose(float(m["sort_accuracy"]), float(want_m["sort_accuracy"]), rtol=1e-6)
+        for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want)):
+            np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6, err_msg=f"k={k} {optim.path_str(path)}")
+
+
+def test_replication_check_fires_on_a_bad_rule():
+    config = tiny_config()
+    with config.unlocked():
+        config.sharding_rules = [[k, None if k == "embed" else v] for k, v in config.sharding_rules]
+    with pytest.raises(ValueError, match="stay replicated on mesh.*Largest replicated: text/token_embedding"):
+        setup_on(config, {"fsdp": 8})
+    assert setup_on(tiny_config(), {"fsdp": 8})  # the default rules pass
+
+
+def test_restore_onto_a_different_mesh(tmp_path):
+    """Save with fsdp=4 on 8 devices, restore with data=4 on 4 devices: same values, new shardings."""
+    config = tiny_config()
+    saver = setup_on(config, {"data": 2, "fsdp": 4})
+    state = train.init_state(saver, jax.random.key(0))
+    want = jax.device_get(state)
+    ckpt = Checkpointer(str(tmp_path))
+    ckpt.save(7, state, {"iteration": 7})
+    ckpt.wait()
+    ckpt.close()
+
+    loader = setup_on(config, {"data": 4}, jax.devices()[:4])
+    restored, meta = Checkpointer(str(tmp_path)).restore(7, with_shardings(loader.abstract_state,
+                                                                           loader.state_sharding))
+    assert meta == {"iteration": 7}
+    kernel = restored["params"]["video"]["blocks"]["mlp"]["fc"]["kernel"]
+    assert kernel.sharding.mesh.shape == {"data": 4, "fsdp": 1, "tensor": 1}
+    assert len(kernel.sharding.device_set) == 4
+    for a, b in zip(jax.tree.leaves(jax.device_get(restored)), jax.tree.leaves(want)):
+        np.testing.assert_array_equal(a, b)

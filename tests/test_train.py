@@ -1,0 +1,136 @@
+"""The trainer: frozen parameters, resume, NaN guard, config validation."""
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from tvts import optim, sharding, train
+from tvts.config import load_config, parse_arg, validate
+from tvts.data.pipeline import make_sources
+
+
+def tiny_config(**overrides):
+    """Small and fast: 4 frames, batch 8, transcribed source only, no evaluators, constant lr."""
+    c = load_config("configs/pretrain.py")
+    with c.unlocked():
+        c.model.num_frames = 4
+        c.data.transcribed_batch = 8
+        c.data.captioned_batch = 8
+        c.data.sources = ("transcribed",)
+        c.data.context_length = 16
+        c.optim.schedule = "constant"
+        c.optim.warmup_steps = 0
+        c.evals = ml_collections.ConfigDict()
+        c.log_every = 1
+        for k, v in overrides.items():
+            node = c
+            *path, last = k.split(".")
+            for p in path:
+                node = node[p]
+            node[last] = v
+    return c
+
+
+def one_device_setup(config):
+    return train.make_setup(config, sharding.make_mesh({"data": 1}, jax.devices()[:1]))
+
+
+def batch_for(config, iteration=0):
+    src = make_sources(config.data, 32, config.model.num_frames)["transcribed"]
+    return src.batch(iteration)
+
+
+def test_frozen_blocks_are_bit_identical_and_hold_no_optimizer_state():
+    config = tiny_config()
+    setup = one_device_setup(config)
+    state = train.init_state(setup, jax.random.key(0))
+    before = jax.device_get(state["params"])
+    step = train.make_train_step(setup, "transcribed")
+    state, metrics = step(state, sharding.global_batch(batch_for(config), setup.mesh), jax.random.key(1))
+    after = jax.device_get(state["params"])
+    assert np.isfinite(float(metrics["loss"]))
+    for a, b in zip(jax.tree.leaves(before["text"]["frozen_blocks"]), jax.tree.leaves(after["text"]["frozen_blocks"])):
+        np.testing.assert_array_equal(a, b)
+    for name in ("tuned_blocks", "token_embedding"):
+        moved = [np.abs(a - b).max() for a, b in zip(jax.tree.leaves(before["text"][name]),
+                                                     jax.tree.leaves(after["text"][name]))]
+        assert max(moved) > 0, name
+    assert np.abs(before["video"]["blocks"]["time_attn"]["out"]["kernel"]
+                  - after["video"]["blocks"]["time_attn"]["out"]["kernel"]).max() > 0
+    # optimizer state: no leaf under a frozen path
+    paths = [optim.path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(state["opt_state"])]
+    assert not [p for p in paths if "frozen_blocks" in p]
+    assert [p for p in paths if "tuned_blocks" in p]
+    n_frozen = sum(x.size for x in jax.tree.leaves(before["text"]["frozen_blocks"]))
+    n_total = sum(x.size for x in jax.tree.leaves(before))
+    n_moments = sum(x.size for x in jax.tree.leaves(state["opt_state"]) if x.ndim > 0)
+    assert n_moments == 2 * (n_total - n_frozen)  # Adam mu + nu for the trainable parameters only
+
+
+def _metrics(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return {r["step"]: r for r in map(json.loads, f)}
+
+
+def test_resumed_run_gives_the_same_losses_as_an_uninterrupted_one(tmp_path):
+    config = tiny_config(total_steps=4, checkpoint_every=2)
+    train.train_and_evaluate(config, str(tmp_path / "straight"))
+    # the "killed" run: stops after the checkpoint at iteration 2, then a new process resumes in the same workdir
+    train.train_and_evaluate(tiny_config(total_steps=2, checkpoint_every=2), str(tmp_path / "resumed"))
+    train.train_and_evaluate(config, str(tmp_path / "resumed"))
+    straight, resumed = _metrics(tmp_path / "straight"), _metrics(tmp_path / "resumed")
+    for step in (3, 4):
+        for key in ("transcribed/loss", "transcribed/sort_loss", "transcribed/contrastive_loss"):
+            np.testing.assert_allclose(resumed[step][key], straight[step][key], rtol=1e-6, err_msg=f"{key}@{step}")
+    assert straight[3]["transcribed/loss"] != straight[1]["transcribed/loss"]
+
+
+def test_nonfinite_loss_stops_the_run_naming_the_step_and_skips_the_checkpoint(tmp_path):
+    config = tiny_config(total_steps=4, checkpoint_every=1, **{"loss.sort_weight": float("nan")})
+    with pytest.raises(FloatingPointError, match="non-finite loss or gradient at update 0"):
+        train.train_and_evaluate(config, str(tmp_path))
+    assert not os.path.exists(tmp_path / "checkpoints" / "1")
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("model.mask_ratio", 1.0, r"mask_ratio=1.0 must be in \[0, 1\)"),
+    ("model.num_frames", 13, "temporal embedding holds 12 frames"),
+    ("model.variant", "B/8", "unknown variant 'B/8'"),
+    ("model.time_init", "ones", "time_init='ones'"),
+    ("data.context_length", 78, "exceeds the text tower's 32"),
+])
+def test_bad_config_values_fail_before_allocation(field, value, message):
+    config = tiny_config(**{field: value})
+    with pytest.raises(ValueError, match=message):
+        validate(config)
+
+
+def test_a_rule_that_matches_nothing_fails_at_setup():
+    config = tiny_config(**{"optim.rules": ((r"^vision/", "new"), (r".*", "clip"))})
+    with pytest.raises(ValueError, match="match no parameter"):
+        one_device_setup(config)
+
+
+def test_mistyped_overrides_fail():
+    config = load_config("configs/pretrain.py")
+    with pytest.raises(AttributeError, match="lerning_rate"):
+        config.optim.lerning_rate = 1.0
+    with pytest.raises(ValueError, match="unknown config argument 'variantt'"):
+        parse_arg("variantt=B/16", variant="tiny")
+    with pytest.raises(ValueError, match="unknown variant"):
+        load_config("configs/pretrain.py:variant=B/17") and validate(load_config("configs/pretrain.py:variant=B/17"))
+
+
+def test_batches_are_a_function_of_the_iteration_and_split_over_processes():
+    config = tiny_config()
+    whole = make_sources(config.data, 32, 4)["transcribed"]
+    halves = [make_sources(config.data, 32, 4, process_index=p, process_count=2)["transcribed"] for p in (0, 1)]
+    a, b = whole.batch(5), whole.batch(5)
+    np.testing.assert_array_equal(a["video"], b["video"])
+    np.testing.assert_array_equal(np.concatenate([h.batch(5)["video"] for h in halves]), a["video"])
+    np.testing.assert_array_equal(np.concatenate([h.batch(5)["texts"] for h in halves]), a["texts"])
+    assert not np.array_equal(whole.batch(6)["video"], a["video"])
+    assert a["video"].shape == (8, 4, 32, 32, 3) and a["texts"].shape == (8, 4, 16)
