@@ -7,7 +7,7 @@ A published variant with the published recipe (data, lr groups, step decay):
     python -m tvts.train --config configs/pretrain.py:variant=B/16 --workdir gs://BUCKET/tvts/b16 \
         --config.mesh.fsdp=8 --config.data.transcribed_batch=768
 
-Arguments after ':' (comma-separated key=value): variant, data, steps. Any field can then be
+Arguments after ':' (comma-separated key=value): variant, data, steps, eval (False: no evaluators). Any field can then be
 overridden with --config.FIELD=VALUE; the config is locked, so a mistyped field fails at once.
 """
 from tvts.config import parse_arg
@@ -17,7 +17,7 @@ import ml_collections
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    args = parse_arg(arg, variant="tiny", data="synthetic", steps=-1)
+    args = parse_arg(arg, variant="tiny", data="synthetic", steps=-1, eval=True)
     tiny = args.variant == "tiny"
     c = ml_collections.ConfigDict()
     c.seed = 0
@@ -33,6 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         dtype="float32" if tiny else "bfloat16",  # compute dtype; params stay float32
         remat="none" if tiny else "full",
         time_init="learnable",  # or 'published' (qkv 0, out 1: cannot learn in exact arithmetic)
+        temporal_init_std=1.0 if tiny else 0.0,  # 0: published zeros; random-init models need a frame code
         text_num_frozen=-1,  # -1: the variant's (9 of 12 for B, 18 of 24 for H)
         mask_ratio=-1.0,  # -1: the variant's published ratio
         num_frames=12,
@@ -68,6 +69,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     heldout = dict(type="synthetic_heldout", every=0 if tiny else 5000, num_videos=256, num_probe_train=768,
                    batch=64, compare_with_init=tiny)
-    c.evals = {"heldout": heldout} if args.data == "synthetic" else {}
+    c.evals = {"heldout": heldout} if args.data == "synthetic" and args.eval else {}
     c.lock()
     return c

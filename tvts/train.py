@@ -89,7 +89,7 @@ def total_updates(config) -> int:
 def make_setup(config, mesh: jax.sharding.Mesh | None = None) -> Setup:
     config_lib.validate(config)
     variant = config_lib.model_variant(config.model)
-    model = TVTSv2(variant, jnp.dtype(config.model.dtype), config.model.remat)
+    model = TVTSv2(variant, jnp.dtype(config.model.dtype), config.model.remat, config.model.temporal_init_std)
     mesh = mesh if mesh is not None else sharding.make_mesh(dict(config.mesh))
     rules = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in config.sharding_rules)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):

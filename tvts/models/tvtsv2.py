@@ -29,10 +29,11 @@ class TVTSv2(nn.Module):
     variant: Variant
     dtype: Dtype = jnp.float32
     remat: str = "none"
+    temporal_init_std: float = 0.0  # see VideoEncoder; 0 = the published zeros
 
     def setup(self):
         v = self.variant
-        self.video = VideoEncoder(v.video, v.joint_dim, v.act, self.dtype, self.remat)
+        self.video = VideoEncoder(v.video, v.joint_dim, v.act, self.dtype, self.remat, self.temporal_init_std)
         self.text = TextEncoder(v.text, v.joint_dim, v.act, self.dtype, self.remat)
         self.sort_head = SortHead(v.sort_head, self.dtype)
 
@@ -135,6 +136,7 @@ class ModelSpec:
     variant: Variant
     dtype: str = "float32"
     remat: str = "none"
+    temporal_init_std: float = 0.0
 
     def build(self) -> TVTSv2:
-        return TVTSv2(self.variant, jnp.dtype(self.dtype), self.remat)
+        return TVTSv2(self.variant, jnp.dtype(self.dtype), self.remat, self.temporal_init_std)

@@ -97,6 +97,10 @@ class VideoEncoder(nn.Module):
     act: str
     dtype: Dtype = jnp.float32
     remat: str = "none"
+    # The published init is zeros (the CLIP-initialised tower starts as the image model). Training from random
+    # weights needs a frame code from the start: with zeros, nothing tells the sort head which frame a token came
+    # from until the embedding has learned it, and it only learns that once the head uses it.
+    temporal_init_std: float = 0.0
 
     @nn.compact
     def __call__(self, video: jax.Array, keep: jax.Array | None = None) -> jax.Array:
@@ -112,7 +116,8 @@ class VideoEncoder(nn.Module):
         x = x.reshape(b, t, cfg.num_patches, cfg.width)
 
         pos = self.param("pos_embedding", logical(embed_init, (None, "embed")), (cfg.num_patches + 1, cfg.width))
-        temporal = self.param("temporal_embedding", logical(nn.initializers.zeros, (None, "embed")),
+        temporal_init = nn.initializers.normal(self.temporal_init_std) if self.temporal_init_std else nn.initializers.zeros
+        temporal = self.param("temporal_embedding", logical(temporal_init, (None, "embed")),
                               (cfg.max_frames, cfg.width))
         cls = self.param("cls_token", logical(embed_init, ("embed",)), (cfg.width,))
         x = x + (pos[None, None, 1:] + temporal[None, :t, None]).astype(self.dtype)
