@@ -44,7 +44,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         transcribed_batch=32 if tiny else 24 * 8,  # global batch per source
         captioned_batch=32 if tiny else 24 * 8,
         context_length=32 if tiny else 77,
-        seed=0,
+        # fields of tvts.data.synthetic.SyntheticConfig (the corpus of data='synthetic')
+        synthetic=dict(seed=0, second_change_prob=1.0),
     )
     c.loss = dict(temperature=0.05, sort_weight=2.0)
     c.optim = dict(

@@ -16,6 +16,13 @@ from tvts.models.video_vit import SpaceTimeBlock, gather_kept_patches
 TINY = decode_variant("tiny")
 
 
+@pytest.fixture(scope="module")
+def tiny():
+    """The tiny model and its random parameters (initialised once, jitted)."""
+    model = TVTSv2(TINY)
+    return model, jax.jit(lambda rng: nn.unbox(init_params(model, rng)))(jax.random.key(0))
+
+
 # ---------------------------------------------------------------- NumPy reference of a divided block
 def np_ln(x, p, eps=1e-5):
     mu = x.mean(-1, keepdims=True)
@@ -124,9 +131,8 @@ def test_published_time_attention_is_dead():
 
 
 # ---------------------------------------------------------------- shapes, masking, pooling
-def test_forward_shapes_with_and_without_mask():
-    model = TVTSv2(TINY)
-    params = nn.unbox(init_params(model, jax.random.key(0)))
+def test_forward_shapes_with_and_without_mask(tiny):
+    model, params = tiny
     video = jnp.zeros((3, 12, 32, 32, 3))
     keep = jnp.tile(jnp.arange(5)[None], (3, 1))
     texts = jnp.ones((3, 4, 16), jnp.int32)
@@ -153,10 +159,9 @@ def test_tube_mask_keeps_the_same_positions_in_every_frame():
             np.testing.assert_array_equal(got[b, t], np.asarray(patches)[b, t, np.asarray(keep[b])])
 
 
-def test_masking_drops_tokens_before_the_blocks():
+def test_masking_drops_tokens_before_the_blocks(tiny):
     """Masked-out patches must not influence the output: perturbing them changes nothing."""
-    model = TVTSv2(TINY)
-    params = nn.unbox(init_params(model, jax.random.key(0)))
+    model, params = tiny
     video = jax.random.normal(jax.random.key(3), (1, 2, 32, 32, 3))
     keep = jnp.array([[0, 5]])  # patches (row 0, col 0) and (row 1, col 1) of the 4x4 grid
     poked = video.at[:, :, 24:, 24:].add(5.0)  # patch 15, not kept
@@ -173,10 +178,9 @@ def test_eot_pooling_takes_the_highest_token_position():
     np.testing.assert_array_equal(eot_pool(x, tokens), np.stack([x[0, 2], x[1, 4]]))
 
 
-def test_text_encoder_is_causal():
+def test_text_encoder_is_causal(tiny):
     """A token only sees earlier tokens: changing text after EOT leaves the embedding unchanged."""
-    model = TVTSv2(TINY)
-    params = nn.unbox(init_params(model, jax.random.key(0)))
+    model, params = tiny
     a = jnp.array([[49406, 320, 1125, 49407, 0, 0]])
     b = a.at[0, 4:].set(jnp.array([77, 88]))
     ea = model.apply({"params": params}, a, method=TVTSv2.encode_text)
@@ -184,10 +188,9 @@ def test_text_encoder_is_causal():
     np.testing.assert_allclose(ea, eb, atol=1e-6)
 
 
-def test_sort_head_is_permutation_equivariant_in_transcripts():
+def test_sort_head_is_permutation_equivariant_in_transcripts(tiny):
     """No positional embedding on transcripts: permuting them permutes the logits' rows."""
-    model = TVTSv2(TINY)
-    params = nn.unbox(init_params(model, jax.random.key(0)))
+    model, params = tiny
     tokens = jax.random.normal(jax.random.key(1), (2, 7, TINY.joint_dim))
     trans = jax.random.normal(jax.random.key(2), (2, 4, TINY.joint_dim))
     perm = jnp.array([2, 0, 3, 1])
@@ -196,9 +199,9 @@ def test_sort_head_is_permutation_equivariant_in_transcripts():
     np.testing.assert_allclose(a[:, perm], b, rtol=1e-5, atol=1e-5)
 
 
-def test_compute_dtype_keeps_float32_params_and_outputs():
+def test_compute_dtype_keeps_float32_params_and_outputs(tiny):
+    _, params = tiny
     model = TVTSv2(TINY, dtype=jnp.bfloat16)
-    params = nn.unbox(init_params(model, jax.random.key(0)))
     assert {l.dtype for l in jax.tree.leaves(params)} == {jnp.dtype("float32")}
     out = model.apply({"params": params}, jnp.zeros((1, 2, 32, 32, 3)), None, jnp.ones((1, 4, 8), jnp.int32))
     assert out["video_emb"].dtype == jnp.float32 and out["sort_logits"].dtype == jnp.float32

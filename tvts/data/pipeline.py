@@ -6,6 +6,7 @@ an uninterrupted one would.
 """
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 from typing import Callable, Iterator, Protocol
@@ -66,7 +67,12 @@ def synthetic_config(data_cfg, image_size: int, num_frames: int) -> SyntheticCon
     if num_frames % clips:
         raise ValueError(f"config.model.num_frames={num_frames}: the synthetic corpus needs a multiple of {clips} "
                          f"(frames per clip x {clips} clips)")
-    return SyntheticConfig(seed=data_cfg.seed, image_size=image_size, frames_per_clip=num_frames // clips)
+    fields = {f.name for f in dataclasses.fields(SyntheticConfig)}
+    unknown = set(data_cfg.synthetic) - fields
+    if unknown:
+        raise ValueError(f"config.data.synthetic: unknown fields {sorted(unknown)}; SyntheticConfig has {sorted(fields)}")
+    return SyntheticConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data_cfg.synthetic.items()},
+                           image_size=image_size, frames_per_clip=num_frames // clips)
 
 
 class Prefetcher:

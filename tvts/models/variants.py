@@ -92,7 +92,7 @@ _VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in (
         Variant("tiny", VideoTower(width=64, depth=2, heads=4, mlp_dim=256, patch_size=8, image_size=32),
-                TextTower(width=64, depth=2, heads=4, num_frozen=1, context_length=32),
+                TextTower(width=64, depth=3, heads=4, num_frozen=1, context_length=32),
                 SortHeadConfig(width=64, heads=4), joint_dim=64, act="gelu", mask_ratio=0.5, init="random"),
         Variant("B/32", _video(768, 12, 12, 32), _B_TEXT, SortHeadConfig(512, 8), 512, "quick_gelu", 0.0,
                 "openai:ViT-B-32"),
