@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tvts import optim, sharding, train
-from tvts.config import load_config, parse_arg, validate
+from tvts.config import apply_overrides, load_config, parse_arg, validate
 from tvts.data.pipeline import make_sources
 
 
@@ -25,13 +25,7 @@ def tiny_config(**overrides):
         c.optim.warmup_steps = 0
         c.evals = ml_collections.ConfigDict()
         c.log_every = 1
-        for k, v in overrides.items():
-            node = c
-            *path, last = k.split(".")
-            for p in path:
-                node = node[p]
-            node[last] = v
-    return c
+    return apply_overrides(c, overrides)
 
 
 def one_device_setup(config):

@@ -17,7 +17,7 @@ import time
 import jax
 
 from tvts import sharding, train
-from tvts.config import load_config
+from tvts.config import apply_overrides, load_config
 from tvts.data.pipeline import make_sources
 
 CASES = {
@@ -30,15 +30,7 @@ CASES = {
 
 def make_config(variant: str, overrides: dict):
     config = load_config(f"configs/pretrain.py:variant={variant},eval=False")
-    with config.unlocked():
-        config.model.mask_ratio = 0.5
-        for key, value in overrides.items():
-            node = config
-            *path, last = key.split(".")
-            for p in path:
-                node = node[p]
-            node[last] = value
-    return config
+    return apply_overrides(config, {"model.mask_ratio": 0.5, **overrides})
 
 
 def main():

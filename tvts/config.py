@@ -95,3 +95,17 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     return module.get_config(arg or None)
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
+    """Set dotted fields ({"optim.eps": 1.0}) in place; a field the config does not have raises."""
+    with config.unlocked():
+        for key, value in overrides.items():
+            node = config
+            *path, last = key.split(".")
+            for part in path:
+                node = node[part]
+            if last not in node:
+                raise KeyError(f"config has no field {key!r}")
+            node[last] = value
+    return config
