@@ -8,7 +8,6 @@ Parameter tree (stacked layers carry a leading 'layers' axis):
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Literal
 
 import flax.linen as nn
@@ -127,16 +126,3 @@ def abstract_params(variant: Variant, dtype: Dtype = jnp.float32) -> Any:
 
 def count_params(tree: Any) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nn.unbox(tree))))
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSpec:
-    """Everything needed to rebuild a model: stored with checkpoints and exports."""
-
-    variant: Variant
-    dtype: str = "float32"
-    remat: str = "none"
-    temporal_init_std: float = 0.0
-
-    def build(self) -> TVTSv2:
-        return TVTSv2(self.variant, jnp.dtype(self.dtype), self.remat, self.temporal_init_std)
