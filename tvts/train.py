@@ -186,6 +186,7 @@ def make_train_step(setup: Setup, kind: str) -> Callable:
         metrics["grad_norm"] = grad_norm
         return new, metrics
 
+    step.__name__ = f"train_step_{kind}"  # names the compiled program in profiles and HLO dumps
     batch_sharding = {"video": sharding.batch_sharding(setup.mesh, 5), "texts": sharding.batch_sharding(setup.mesh, 3)}
     jitted = jax.jit(step, in_shardings=(setup.state_sharding, batch_sharding, None),
                      out_shardings=(setup.state_sharding, None), donate_argnums=0)
