@@ -2,7 +2,8 @@
 
     python tools/plan_memory.py --variant H/14 --devices 256 --mesh data=16,fsdp=16,tensor=1 \
         --global_batch 1024 --frames 12 --mask_ratio 0.7 --remat full [--dtype bfloat16] [--grad_accum 1] \
-        [--source transcribed|captioned] [--context_length 77] [--out tools/memory_plans/h14_256.json]
+        [--source transcribed|captioned] [--context_length 77] [--out tools/memory_plans/h14_256.json] \
+        [--fast_compile] [--xla_option NAME=VALUE ...] [--dump_hlo FILE]
 
 The trainer's own jitted step (`tvts.train.make_train_step`) is lowered and compiled for `--devices` simulated
 CPU devices (`--xla_force_host_platform_device_count`, set by this script before jax is imported) with every
@@ -27,6 +28,10 @@ Where the numbers come from
   by the trip counts of the enclosing loops. Bytes are the per-device size of each collective's result buffer (for
   all-gather the gathered array, for reduce-scatter the scattered shard). XLA:CPU has no reduce-scatter pass:
   gradient reductions that TPU turns into reduce-scatter show up here as all-reduce.
+
+fits: the total against nominal HBM per chip (v5e 16 GiB, v4 32 GiB, v5p 95 GiB); keep a margin for the runtime's
+reserve and for XLA:TPU's own buffer choices. Progress (setup, lowering, compiling with elapsed seconds and host RSS)
+goes to stderr, the report to stdout.
 
 JSON keys (`--out`): status ('ok' | 'failed'), stage (where it failed), error, settings, params, per_device_bytes,
 memory_analysis, flops, collectives, fits, timing, host, notes.
