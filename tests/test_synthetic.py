@@ -114,6 +114,32 @@ def test_splits_are_disjoint_in_content(train, val):
     assert len(ids) == 3
 
 
+def test_hard_negative_groups():
+    """Members 1..3 of a training group differ from member 0 in one attribute of one event, cycling
+    shape, motion, colour (captioned: event order instead of colour); held-out splits ignore it."""
+    config = SyntheticConfig(negative_group_size=4)
+    grouped = SyntheticCorpus(config, 'train')
+    changed = {'shape': 0, 'colour': 1, 'motion': 2}
+    for kind, third in (('transcribed', 'colour'), ('captioned', 'order')):
+        for group in range(40):
+            base = attrs_of(grouped.video(4 * group, kind))
+            for member, mutation in zip((1, 2, 3), ('shape', 'motion', third)):
+                other = attrs_of(grouped.video(4 * group + member, kind))
+                assert other != base and len(set(other)) == 4
+                assert not any(len({e[a] for e in other}) == 4 for a in range(3))
+                assert S.sequence_bucket(other) >= 2                    # still a training sequence
+                diffs = [(k, a) for k in range(4) for a in range(3) if other[k][a] != base[k][a]]
+                if mutation == 'order':
+                    assert sorted(other) == sorted(base)
+                else:
+                    assert [a for _, a in diffs] == [changed[mutation]], (kind, group, member)
+    for split in ('val', 'test'):
+        plain, asked = SyntheticCorpus(SyntheticConfig(), split), SyntheticCorpus(config, split)
+        assert [attrs_of(plain.video(i)) for i in range(8)] == [attrs_of(asked.video(i)) for i in range(8)]
+    with pytest.raises(ValueError, match='negative_group_size'):
+        SyntheticConfig(negative_group_size=0)
+
+
 # --- text -----------------------------------------------------------------------------------------
 def test_transcripts_hold_exactly_their_event_words(train):
     for i in range(200):

@@ -59,6 +59,15 @@ captioned 'val' videos there are 255 distinct ordered event sequences and 254 di
 (228 distinct multisets of shape+colour alone), so retrieval over 256 held-out videos is meaningful
 and rewards motion and order.
 
+Hard negatives (``negative_group_size`` = g > 1, 'train' split only): indices ``g*k .. g*k+g-1`` form a
+group. Member 0 is an ordinary draw (seeded by the group); member m >= 1 changes it in one place, cycling
+through shape of one event, motion of one event, and colour of one event (captioned videos: the order of
+the events instead of a colour, since a caption states the order; a transcribed video's contrastive text is
+the mean of its transcripts, which no reordering changes). Mutants stay valid and inside the split's
+buckets (if 64 tries find none, the member is an ordinary draw). Consecutive indices fill a batch, so every
+batch holds groups that only shape, motion or order tell apart, and a contrastive loss that reads colour
+alone cannot separate them. Held-out splits are never grouped.
+
 Splits and determinism: ``(seed, split, kind, index)`` seeds ``np.random.default_rng``, so a sample is
 a pure function of them (``epoch`` only varies the training frame times). Splits are disjoint in
 *content*, not only in seeds: the ordered 4-event sequence is hashed into 10 buckets, bucket 0 is
@@ -143,6 +152,8 @@ class SyntheticConfig:
     frame_layout: str = 'window'             # 'window' (published) or 'clips'
     fps: float = 8.0                         # frame rate of exported files
     split_sizes: tuple[int, int, int] = (2**31, 2**16, 2**16)  # train, val, test (nominal)
+    # 'train' only: consecutive indices form groups of this many hard negatives (see the docstring)
+    negative_group_size: int = 1
 
     def __post_init__(self):
         if not 2 <= self.num_shapes <= len(SHAPES) or not 2 <= self.num_colours <= len(COLOURS):
@@ -155,6 +166,8 @@ class SyntheticConfig:
             raise ValueError('object of radius[1] cannot travel that far inside the frame')
         if self.num_clips > self.num_shapes * self.num_colours * len(MOTIONS):
             raise ValueError('more clips than distinct events in the vocabulary')
+        if self.negative_group_size < 1:
+            raise ValueError(f'negative_group_size must be >= 1, got {self.negative_group_size}')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -420,7 +433,7 @@ def _sample_attrs(d: _Draws, cfg: SyntheticConfig, split: str) -> list[tuple[int
             new = tuple(new)
             if new not in events:
                 events.append(new)
-        if n >= 3 and any(len({e[a] for e in events}) == n for a in range(3)):
+        if not _valid(events, n):
             continue  # one attribute alone would order the clips (unsatisfiable for 2 clips)
         # Random orders of this (valid) set until one falls in the split's content buckets.
         for _ in range(32):
@@ -429,6 +442,36 @@ def _sample_attrs(d: _Draws, cfg: SyntheticConfig, split: str) -> list[tuple[int
             if sequence_bucket(ordered) in buckets:
                 return ordered
     raise RuntimeError('could not sample an event sequence')  # pragma: no cover
+
+
+# What member m >= 1 of a hard-negative group changes in the group's first video, cycling.
+# Transcribed videos never get 'order': their contrastive text (the mean of the transcripts)
+# is the same for any order, so a reordered sibling would be a false negative.
+_MUTATIONS = {'transcribed': ('shape', 'motion', 'colour'), 'captioned': ('shape', 'motion', 'order')}
+
+
+def _valid(events, n: int) -> bool:
+    return (len(set(events)) == n
+            and not (n >= 3 and any(len({e[a] for e in events}) == n for a in range(3))))
+
+
+def _mutate(d: _Draws, base, mutation: str, cfg: SyntheticConfig, split: str):
+    """``base`` with one attribute of one event changed (or its events reordered), still valid and
+    inside the split's buckets; None if 64 tries find no such sequence."""
+    sizes = (cfg.num_shapes, cfg.num_colours, len(MOTIONS))
+    n, buckets = len(base), _SPLIT_BUCKETS[split]
+    for _ in range(64):
+        new = [list(e) for e in base]
+        if mutation == 'order':
+            new = sorted(new, key=lambda _: d.u())
+        else:
+            a = ('shape', 'colour', 'motion').index(mutation)
+            k = d.int(n)
+            new[k][a] = (new[k][a] + 1 + d.int(sizes[a] - 1)) % sizes[a]
+        new = [tuple(e) for e in new]
+        if new != list(base) and _valid(new, n) and sequence_bucket(new) in buckets:
+            return new
+    return None
 
 
 def _sentence(d: _Draws, attrs: tuple[int, int, int]) -> list[str]:
@@ -488,13 +531,25 @@ class SyntheticCorpus:
     def sample_id(self, index: int, kind: str = 'transcribed') -> str:
         return f"synth_{self.split}_{'t' if kind == 'transcribed' else 'c'}{int(index):07d}"
 
+    def _attrs(self, d: _Draws, kind: str, index: int) -> list[tuple[int, int, int]]:
+        group_size = self.config.negative_group_size if self.split == 'train' else 1
+        if group_size == 1:
+            return _sample_attrs(d, self.config, self.split)
+        group, member = divmod(index, group_size)
+        base = _sample_attrs(_Draws(self._rng(kind, group, 2)), self.config, self.split)
+        if member == 0:
+            return base
+        mutations = _MUTATIONS[kind]
+        new = _mutate(d, base, mutations[(member - 1) % len(mutations)], self.config, self.split)
+        return new if new is not None else _sample_attrs(d, self.config, self.split)
+
     # --- continuous-time video ----------------------------------------------------------------
     def video(self, index: int, kind: str = 'transcribed') -> SyntheticVideo:
         """Full description of video ``index`` of this split (``kind``: 'transcribed'|'captioned')."""
         index = self._check(index)
         cfg, size = self.config, self.config.image_size
         d = _Draws(self._rng(kind, index))
-        attrs = _sample_attrs(d, cfg, self.split)
+        attrs = self._attrs(d, kind, index)
         n = cfg.num_clips
         clip_len = float(cfg.clip_seconds[0] + d.int(cfg.clip_seconds[1] - cfg.clip_seconds[0] + 1))
         transcribed = kind == 'transcribed'
