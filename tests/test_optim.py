@@ -96,6 +96,15 @@ def test_warmup_cosine_schedule():
     assert float(sched(110)) < 1e-6
 
 
+def test_delayed_group_schedule_starts_at_zero_then_runs_over_the_rest():
+    sched = optim.make_schedule(1.0, "warmup_cosine", total_steps=130, warmup_steps=10, start_step=20)
+    assert [float(sched(s)) for s in (0, 19, 20)] == [0.0, 0.0, 0.0]
+    np.testing.assert_allclose(float(sched(25)), 0.5, rtol=1e-6)       # warmup restarts at the start step
+    np.testing.assert_allclose(float(sched(30)), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(float(sched(80)), 0.5, rtol=1e-5)       # cosine over the remaining 110
+    assert float(sched(130)) < 1e-6
+
+
 def test_partition_and_merge_round_trip():
     tree = {"a": {"x": 1, "y": 2}, "b": 3}
     labels = {"a": {"x": "new", "y": None}, "b": "clip"}

@@ -13,7 +13,7 @@ from tvts.data.pipeline import make_sources
 
 
 def tiny_config(**overrides):
-    """Small and fast: 4 frames, batch 8, transcribed source only, no evaluators, constant lr."""
+    """Small and fast: 4 frames, batch 8, transcribed source only, no evaluators, constant lr from step 0."""
     c = load_config("configs/pretrain.py")
     with c.unlocked():
         c.model.num_frames = 4
@@ -23,6 +23,7 @@ def tiny_config(**overrides):
         c.data.context_length = 16
         c.optim.schedule = "constant"
         c.optim.warmup_steps = 0
+        c.optim.group_start = ml_collections.ConfigDict()
         c.evals = ml_collections.ConfigDict()
         c.log_every = 1
     return apply_overrides(c, overrides)
@@ -64,6 +65,27 @@ def test_frozen_blocks_are_bit_identical_and_hold_no_optimizer_state():
     assert n_moments == 2 * (n_total - n_frozen)  # Adam mu + nu for the trainable parameters only
 
 
+def test_a_delayed_group_stays_bit_identical_until_its_start():
+    config = tiny_config(**{"total_steps": 4})
+    with config.unlocked():
+        config.optim.group_start = {"text": 0.5}
+    setup = one_device_setup(config)
+    state = train.init_state(setup, jax.random.key(0))
+    step = train.make_train_step(setup, "transcribed")
+    batch = sharding.global_batch(batch_for(config), setup.mesh)
+    history = [jax.device_get(state["params"])]
+    for i in range(3):
+        state, _ = step(state, batch, jax.random.key(i))
+        history.append(jax.device_get(state["params"]))
+
+    def moved(a, b, tower):
+        return max(np.abs(x - y).max() for x, y in zip(jax.tree.leaves(a[tower]), jax.tree.leaves(b[tower])))
+
+    assert moved(history[0], history[2], "text") == 0  # updates 0 and 1: lr 0, no weight decay either
+    assert moved(history[0], history[1], "video") > 0
+    assert moved(history[2], history[3], "text") > 0  # update 2 = int(0.5 * 4): the group starts
+
+
 def _metrics(workdir):
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         return {r["step"]: r for r in map(json.loads, f)}
@@ -95,6 +117,9 @@ def test_nonfinite_loss_stops_the_run_naming_the_step_and_skips_the_checkpoint(t
     ("model.variant", "B/8", "unknown variant 'B/8'"),
     ("model.time_init", "ones", "time_init='ones'"),
     ("data.context_length", 78, "exceeds the text tower's 32"),
+    ("optim.group_start", {"txt": 0.5}, "group_start.txt: no such group"),
+    ("optim.freeze_text_embeddings", True, "config.optim.rules is set"),
+    ("optim.group_start", {"text": 1.0}, "group_start.text=1.0 must be a fraction"),
 ])
 def test_bad_config_values_fail_before_allocation(field, value, message):
     config = tiny_config(**{field: value})

@@ -81,6 +81,14 @@ def validate(config: Any) -> None:
     for name, lr in config.optim.groups.items():
         if lr < 0:
             raise ValueError(f"config.optim.groups.{name}={lr} must be >= 0")
+    if config.optim.rules and (config.optim.freeze_text_embeddings or config.optim.temporal_embedding_group != "clip"):
+        raise ValueError("config.optim.freeze_text_embeddings / temporal_embedding_group switch the published rules; "
+                         "config.optim.rules is set, so write the switch into those rules instead")
+    for name, fraction in config.optim.group_start.items():
+        if name not in config.optim.groups:
+            raise ValueError(f"config.optim.group_start.{name}: no such group; groups: {sorted(config.optim.groups)}")
+        if not 0.0 <= fraction < 1.0:
+            raise ValueError(f"config.optim.group_start.{name}={fraction} must be a fraction of training in [0, 1)")
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:

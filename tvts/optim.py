@@ -95,8 +95,15 @@ def merge(trainable: Any, frozen: Any) -> Any:
 
 
 def make_schedule(base_lr: float, kind: str, total_steps: int, warmup_steps: int = 0,
-                  decay_at: Sequence[float] = (0.6, 0.8), decay_factor: float = 0.1) -> optax.Schedule:
-    """'step': the published x0.1 at fractions of training (epochs 6 and 8 of 10); 'warmup_cosine'; 'constant'."""
+                  decay_at: Sequence[float] = (0.6, 0.8), decay_factor: float = 0.1,
+                  start_step: int = 0) -> optax.Schedule:
+    """'step': the published x0.1 at fractions of training (epochs 6 and 8 of 10); 'warmup_cosine'; 'constant'.
+
+    start_step > 0: the learning rate is 0 before it, and the schedule runs over the remaining steps.
+    """
+    if start_step:
+        rest = make_schedule(base_lr, kind, max(total_steps - start_step, 1), warmup_steps, decay_at, decay_factor)
+        return optax.join_schedules([optax.constant_schedule(0.0), rest], [start_step])
     if kind == "step":
         boundaries = {max(1, int(f * total_steps)): decay_factor for f in decay_at}
         sched = optax.piecewise_constant_schedule(base_lr, boundaries)
@@ -119,13 +126,15 @@ def make_optimizer(cfg: Any, labels: Any, total_steps: int) -> tuple[optax.Gradi
                                                                      dict[str, optax.Schedule]]:
     """AdamW per learning-rate group over the trainable parameters only.
 
-    cfg: the config's `optim` block (groups, schedule, warmup_steps, decay_at, decay_factor, b1, b2, eps,
-         weight_decay, no_decay). labels: `assign_groups` output.
+    cfg: the config's `optim` block (groups, group_start, schedule, warmup_steps, decay_at, decay_factor, b1, b2,
+         eps, weight_decay, no_decay). labels: `assign_groups` output. A group named in `group_start` has learning
+         rate 0 (no update, no weight decay) before that fraction of `total_steps`.
     """
     trainable_labels, _ = partition(labels, labels)
     present = sorted(set(jax.tree.leaves(trainable_labels)))
+    start = {g: int(cfg.group_start.get(g, 0.0) * total_steps) for g in present}
     schedules = {g: make_schedule(cfg.groups[g], cfg.schedule, total_steps, cfg.warmup_steps, cfg.decay_at,
-                                  cfg.decay_factor) for g in present}
+                                  cfg.decay_factor, start[g]) for g in present}
 
     def wd_mask(params):
         return jax.tree_util.tree_map_with_path(lambda p, _: decays(path_str(p), cfg.no_decay), params)
