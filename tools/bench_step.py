@@ -30,7 +30,9 @@ CASES = {
 
 def make_config(variant: str, overrides: dict):
     config = load_config(f"configs/pretrain.py:variant={variant},eval=False")
-    return apply_overrides(config, {"model.mask_ratio": 0.5, **overrides})
+    # the published groups (the switches below act on them), every group training from step 0
+    published = {"optim.rules": (), "optim.group_start": {}}
+    return apply_overrides(config, {"model.mask_ratio": 0.5, **published, **overrides})
 
 
 def main():
