@@ -326,10 +326,15 @@ def test_failing_child_stops_the_others(tmp_path):
 def test_ctrl_c_stops_all_children(tmp_path):
   proc = _start([str(LOCAL), "--num_processes", "2", "--", sys.executable, str(WORKER), "--mode", "sleep",
                  "--pid_dir", str(tmp_path)])
-  seen, deadline = "", time.monotonic() + TIMEOUT
+  # Raw reads on the pipe: select() on the buffered text stream misses a line that arrived in the same
+  # read as the previous one (it sits in Python's buffer, not in the pipe).
+  fd, seen, deadline = proc.stdout.fileno(), "", time.monotonic() + TIMEOUT
   while seen.count("READY") < 2 and time.monotonic() < deadline:
-    if select.select([proc.stdout], [], [], 1.0)[0]:
-      seen += proc.stdout.readline()
+    if select.select([fd], [], [], 1.0)[0]:
+      chunk = os.read(fd, 4096)
+      if not chunk:
+        break
+      seen += chunk.decode()
   assert seen.count("READY") == 2, seen
   proc.send_signal(signal.SIGINT)
   rc, out, err = _finish(proc, timeout=60)
