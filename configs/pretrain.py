@@ -16,9 +16,9 @@ from tvts.sharding import DEFAULT_RULES
 import ml_collections
 
 # The tiny demo trains both towers from random weights. Tuned from the start, its text tower collapses
-# onto colour, the one attribute the young video tower already shares with it: after 400 iterations,
-# swapping a transcript's shape or motion word leaves its embedding at cosine 0.997-0.999, swapping its
-# colour moves it to -0.27. The sort head sees transcripts with gradients stopped, so it can then no
+# onto colour, the one attribute the young video tower already shares with it: swapping a transcript's
+# shape or motion word then leaves its embedding at cosine 1.000, swapping its colour moves it to -0.29
+# (tools/diagnose_embeddings.py). The sort head sees transcripts with gradients stopped, so it can no
 # longer learn shape or motion. The tiny text tower therefore keeps its random, word-preserving features
 # for the first 70% of training ('text' in `group_start`) while the sort head and the video tower learn
 # against them, and is tuned for retrieval after that. CLIP variants start from a pretrained text tower

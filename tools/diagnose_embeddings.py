@@ -1,0 +1,118 @@
+"""What a checkpoint's embeddings hold, measured on the synthetic corpus (the figures behind the README's
+analysis of the demo).
+
+    python tools/diagnose_embeddings.py --config configs/pretrain.py --workdir workdirs/demo [--init]
+
+- Text: for held-out transcripts, the mean cosine between a transcript's embedding and the embedding of the
+  same transcript with its shape, colour or motion word replaced by another value of that attribute. A text
+  tower that ignores an attribute gives 1.0 for it.
+- Video: linear probes on the video embedding (projected CLS) for has_<shape|colour|motion> labels and the
+  first event's shape, colour and motion, next to the majority-class base rate of the test videos.
+
+`--init` diagnoses the run's random initial parameters instead of the newest checkpoint. Prints JSON and
+writes it to <workdir>/diagnosis[_init].json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+
+from tvts.data.synthetic import COLOURS, MOTIONS, SHAPES
+
+ATTRIBUTE_WORDS = {"shape": SHAPES, "colour": COLOURS, "motion": MOTIONS}
+PROBE_LABELS = ("has_circle", "has_red", "has_leftward", "has_upward", "first_shape", "first_colour",
+                "first_motion")
+
+
+def swap_attribute(transcript: str, attribute: str, rng: np.random.Generator) -> str:
+    """The transcript with its one word naming `attribute` replaced by another value of it."""
+    words = transcript.split()
+    vocabulary = ATTRIBUTE_WORDS[attribute]
+    hits = [i for i, w in enumerate(words) if w in vocabulary]
+    if len(hits) != 1:
+        raise ValueError(f"transcript {transcript!r} names {len(hits)} {attribute} words, expected 1")
+    i = hits[0]
+    others = [w for w in vocabulary if w != words[i]]
+    words[i] = others[rng.integers(len(others))]
+    return " ".join(words)
+
+
+def majority_rate(labels: np.ndarray) -> float:
+    return 100.0 * np.bincount(labels).max() / len(labels)
+
+
+def text_swap_cosines(encoders, params, tokenizer, context_length: int, transcripts: list[str],
+                      seed: int = 0) -> dict[str, float]:
+    rng = np.random.default_rng(seed)
+
+    def embed(texts):
+        e = encoders.text_embedding(params, tokenizer(texts, context_length))
+        return e / np.linalg.norm(e, axis=-1, keepdims=True)
+
+    base = embed(transcripts)
+    out = {}
+    for attribute in ATTRIBUTE_WORDS:
+        swapped = embed([swap_attribute(t, attribute, rng) for t in transcripts])
+        out[f"text_cosine_after_{attribute}_swap"] = float(np.mean(np.sum(base * swapped, axis=-1)))
+    return out
+
+
+def diagnose(config, workdir: str, init: bool = False, num_videos: int = 256, num_probe_train: int = 768,
+             batch: int = 64) -> dict[str, float]:
+    from tvts.checkpoint import restore_params, with_shardings
+    from tvts.data.pipeline import synthetic_config
+    from tvts.data.synthetic import SyntheticCorpus
+    from tvts.data.tokenizer import get_tokenizer
+    from tvts.evaluators.common import FrozenEncoders
+    from tvts.evaluators.linear_probe import linear_probe
+    from tvts.train import make_setup, random_params
+
+    setup = make_setup(config)
+    if init:
+        params = random_params(setup)
+    else:
+        abstract = with_shardings(setup.abstract_state, setup.state_sharding)["params"]
+        params = restore_params(os.path.join(workdir, "checkpoints"), abstract)
+    encoders = FrozenEncoders(setup.model, setup.mesh, setup.rules, setup.params_sharding)
+    corpus_cfg = synthetic_config(config.data, setup.model.variant.video.image_size, config.model.num_frames)
+    val, test = SyntheticCorpus(corpus_cfg, "val"), SyntheticCorpus(corpus_cfg, "test")
+    context_length = config.data.context_length
+
+    transcripts = [t for v in test.transcribed_batch(range(num_videos // 4), render=False)["transcripts"] for t in v]
+    out = text_swap_cosines(encoders, params, get_tokenizer(context_length), context_length, transcripts)
+
+    def features(corpus, n):
+        feats = [encoders.video_embedding(params, corpus.transcribed_batch(range(s, min(s + batch, n)),
+                                                                           train=False)["frames"])
+                 for s in range(0, n, batch)]
+        return np.concatenate(feats), corpus.transcribed_batch(range(n), render=False)["labels"]
+
+    train_x, train_y = features(val, num_probe_train)
+    test_x, test_y = features(test, num_videos)
+    for label in PROBE_LABELS:
+        out[f"probe_{label}"] = float(linear_probe(train_x, train_y[label], test_x, test_y[label])["accuracy"])
+        out[f"base_{label}"] = majority_rate(test_y[label])
+    return out
+
+
+def main():
+    from tvts.config import load_config
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/pretrain.py", help="config file[:args] of the run")
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--init", action="store_true", help="diagnose the random initial parameters")
+    parser.add_argument("--num_videos", type=int, default=256)
+    args = parser.parse_args()
+    result = diagnose(load_config(args.config), args.workdir, args.init, args.num_videos)
+    text = json.dumps(result, indent=1, sort_keys=True)
+    print(text)
+    with open(os.path.join(args.workdir, f"diagnosis{'_init' if args.init else ''}.json"), "w") as f:
+        f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
