@@ -60,6 +60,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         transcribed_batch=32 if tiny else 24 * 8,  # global batch per source
         captioned_batch=32 if tiny else 24 * 8,
         context_length=32 if tiny else 77,
+        transcript_length=16 if tiny else -1,  # tokens per transcript (-1: context_length); tiny ones hold <= 16
         # fields of tvts.data.synthetic.SyntheticConfig (the corpus of data='synthetic')
         synthetic=dict(seed=0, second_change_prob=1.0, negative_group_size=4, radius=(0.26, 0.3), travel=0.4),
     )

@@ -188,6 +188,15 @@ def test_text_encoder_is_causal(tiny):
     np.testing.assert_allclose(ea, eb, atol=1e-6)
 
 
+def test_padding_after_eot_can_be_trimmed(tiny):
+    """What `data.transcript_length` relies on: a shorter sequence holding the EOT embeds the same."""
+    model, params = tiny
+    padded = jnp.array([[49406, 320, 1125, 49407, 0, 0, 0, 0], [49406, 320, 1125, 539, 1000, 49407, 0, 0]])
+    full = model.apply({"params": params}, padded, method=TVTSv2.encode_text)
+    trimmed = model.apply({"params": params}, padded[:, :6], method=TVTSv2.encode_text)
+    np.testing.assert_allclose(full, trimmed, rtol=1e-5, atol=1e-6)
+
+
 def test_sort_head_is_permutation_equivariant_in_transcripts(tiny):
     """No positional embedding on transcripts: permuting them permutes the logits' rows."""
     model, params = tiny

@@ -117,6 +117,7 @@ def test_nonfinite_loss_stops_the_run_naming_the_step_and_skips_the_checkpoint(t
     ("model.variant", "B/8", "unknown variant 'B/8'"),
     ("model.time_init", "ones", "time_init='ones'"),
     ("data.context_length", 78, "exceeds the text tower's 32"),
+    ("data.transcript_length", 17, r"transcript_length=17 must be in \[1, context_length=16\]"),
     ("optim.group_start", {"txt": 0.5}, "group_start.txt: no such group"),
     ("optim.freeze_text_embeddings", True, "config.optim.rules is set"),
     ("optim.group_start", {"text": 1.0}, "group_start.text=1.0 must be a fraction"),
@@ -153,3 +154,18 @@ def test_batches_are_a_function_of_the_iteration_and_split_over_processes():
     np.testing.assert_array_equal(np.concatenate([h.batch(5)["texts"] for h in halves]), a["texts"])
     assert not np.array_equal(whole.batch(6)["video"], a["video"])
     assert a["video"].shape == (8, 4, 32, 32, 3) and a["texts"].shape == (8, 4, 16)
+
+
+def test_transcripts_take_their_own_length_and_keep_their_eot():
+    config = tiny_config(**{"data.sources": ("transcribed", "captioned")})
+    full = make_sources(config.data, 32, 4)
+    short = make_sources(tiny_config(**{"data.sources": ("transcribed", "captioned"),
+                                        "data.transcript_length": 12}).data, 32, 4)
+    a, b = full["transcribed"].batch(3)["texts"], short["transcribed"].batch(3)["texts"]
+    assert a.shape == (8, 4, 16) and b.shape == (8, 4, 12)
+    eot = 49407
+    fits = (a[..., 12:] == 0).all(-1)  # transcripts of <= 12 tokens are unchanged, longer ones end with EOT
+    assert fits.any() and (~fits).any()
+    np.testing.assert_array_equal(b[fits], a[..., :12][fits])
+    assert (b[~fits][:, -1] == eot).all()
+    assert short["captioned"].batch(3)["texts"].shape == (8, 1, 16)

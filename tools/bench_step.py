@@ -3,7 +3,8 @@
     python tools/bench_step.py [--variant tiny] [--steps 20] [--out step_times.json]
 
 Cases: the default step; text embeddings frozen too (no backward pass through the frozen text
-blocks at all); tube-mask ratios 0 / 0.5 / 0.75 (compute falls with the number of kept patches).
+blocks at all); tube-mask ratios 0 / 0.5 / 0.75 (compute falls with the number of kept patches);
+transcripts padded to the full context length instead of `data.transcript_length`.
 Each case compiles once, runs `--warmup` steps, then times `--steps` steps; the cases are run in
 interleaved rounds so that machine noise hits them alike. Prints a table and writes JSON.
 """
@@ -25,6 +26,7 @@ CASES = {
     "freeze_text_embeddings": {"optim.freeze_text_embeddings": True},
     "mask 0.0": {"model.mask_ratio": 0.0},
     "mask 0.75": {"model.mask_ratio": 0.75},
+    "transcripts at context": {"data.transcript_length": -1},
 }
 
 

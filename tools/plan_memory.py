@@ -340,12 +340,13 @@ def plan(config, source: str = "transcribed", log: Callable[[str], None] = print
     from tvts import config as config_lib
     from tvts import sharding, train
     from tvts.checkpoint import with_shardings
+    from tvts.data.pipeline import text_length
 
     variant = config_lib.model_variant(config.model)
     batch_size = int(config.data[f"{source}_batch"])
     frames = int(config.model.num_frames)
     num_texts = variant.sort_head.num_clips if source == "transcribed" else 1
-    text_len = int(config.data.context_length)
+    text_len = int(text_length(config.data, source))
     ratio = config_lib.mask_ratio(config)
     n_keep = train.num_kept(variant.video.num_patches, ratio) if ratio > 0 else variant.video.num_patches
     result: dict[str, Any] = {

@@ -71,6 +71,9 @@ def validate(config: Any) -> None:
     if config.data.context_length > variant.text.context_length:
         raise ValueError(f"config.data.context_length={config.data.context_length} exceeds the text tower's "
                          f"{variant.text.context_length}")
+    if config.data.transcript_length == 0 or config.data.transcript_length > config.data.context_length:
+        raise ValueError(f"config.data.transcript_length={config.data.transcript_length} must be in "
+                         f"[1, context_length={config.data.context_length}] (or -1: context_length)")
     for source in config.data.sources:
         if source not in ("transcribed", "captioned"):
             raise ValueError(f"config.data.sources: unknown source {source!r}; use 'transcribed', 'captioned'")

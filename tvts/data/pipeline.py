@@ -53,12 +53,24 @@ class SyntheticSource:
         return {"video": raw["frames"], "texts": tokens.astype(np.int32)}
 
 
+def text_length(data_cfg, kind: str) -> int:
+    """Tokens per text of a source: captions take `context_length`, transcripts `transcript_length` (-1: the same).
+
+    The text tower is causal and pools at EOT, so padding after EOT never changes an embedding: a shorter
+    length that still holds every transcript only removes work (4 transcripts per video, a few words each).
+    Longer transcripts are truncated with their EOT kept, as at `context_length`.
+    """
+    if kind == "transcribed" and data_cfg.transcript_length > 0:
+        return data_cfg.transcript_length
+    return data_cfg.context_length
+
+
 def make_sources(data_cfg, image_size: int, num_frames: int, process_index: int = 0,
                  process_count: int = 1) -> dict[str, BatchSource]:
     if data_cfg.name != "synthetic":
         raise ValueError(f"config.data.name={data_cfg.name!r}: this build reads the built-in 'synthetic' corpus")
     corpus = SyntheticCorpus(synthetic_config(data_cfg, image_size, num_frames), split="train")
-    return {kind: SyntheticSource(kind, corpus, data_cfg[f"{kind}_batch"], data_cfg.context_length,
+    return {kind: SyntheticSource(kind, corpus, data_cfg[f"{kind}_batch"], text_length(data_cfg, kind),
                                   process_index, process_count) for kind in data_cfg.sources}
 
 

@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from tvts.data.pipeline import synthetic_config
+from tvts.data.pipeline import synthetic_config, text_length
 from tvts.data.synthetic import SyntheticCorpus
 from tvts.data.tokenizer import get_tokenizer
 from tvts.evaluators.common import Evaluator, FrozenEncoders
@@ -34,6 +34,7 @@ class SyntheticHeldout(Evaluator):
         self.test = SyntheticCorpus(corpus_cfg, split="test")
         self.val = SyntheticCorpus(corpus_cfg, split="val")
         self.context_length = config.data.context_length
+        self.transcript_length = text_length(config.data, "transcribed")
         self.tokenizer = get_tokenizer(self.context_length)
         self.encoders = FrozenEncoders(setup.model, setup.mesh, setup.rules, setup.params_sharding)
         self.process_index, self.process_count = jax.process_index(), jax.process_count()
@@ -50,8 +51,8 @@ class SyntheticHeldout(Evaluator):
             per = len(idx) // self.process_count
             yield idx[self.process_index * per:(self.process_index + 1) * per]
 
-    def _tokens(self, texts: list[str]) -> np.ndarray:
-        return self.tokenizer(texts, self.context_length)
+    def _tokens(self, texts: list[str], length: int | None = None) -> np.ndarray:
+        return self.tokenizer(texts, length or self.context_length)
 
     def _video_features(self, params, corpus: SyntheticCorpus, n: int) -> tuple[np.ndarray, dict]:
         feats, labels = [], {k: [] for k in PROBE_LABELS}
@@ -66,7 +67,8 @@ class SyntheticHeldout(Evaluator):
         correct = total = 0
         for idx in self._chunks(n):
             raw = self.test.transcribed_batch(idx, train=False)
-            texts = self._tokens([t for v in raw["transcripts"] for t in v]).reshape(len(idx), -1, self.context_length)
+            length = self.transcript_length
+            texts = self._tokens([t for v in raw["transcripts"] for t in v], length).reshape(len(idx), -1, length)
             logits = self.encoders.sort_logits(params, raw["frames"], texts)
             pred = logits.argmax(-1)
             correct += int((pred == np.arange(pred.shape[1])).sum())
