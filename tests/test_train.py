@@ -118,6 +118,7 @@ def test_nonfinite_loss_stops_the_run_naming_the_step_and_skips_the_checkpoint(t
     ("model.time_init", "ones", "time_init='ones'"),
     ("data.context_length", 78, "exceeds the text tower's 32"),
     ("data.transcript_length", 17, r"transcript_length=17 must be in \[1, context_length=16\]"),
+    ("data.transcript_length", -2, r"transcript_length=-2 must be in"),
     ("optim.group_start", {"txt": 0.5}, "group_start.txt: no such group"),
     ("optim.freeze_text_embeddings", True, "config.optim.rules is set"),
     ("optim.group_start", {"text": 1.0}, "group_start.text=1.0 must be a fraction"),

@@ -71,7 +71,7 @@ def validate(config: Any) -> None:
     if config.data.context_length > variant.text.context_length:
         raise ValueError(f"config.data.context_length={config.data.context_length} exceeds the text tower's "
                          f"{variant.text.context_length}")
-    if config.data.transcript_length == 0 or config.data.transcript_length > config.data.context_length:
+    if not (config.data.transcript_length == -1 or 1 <= config.data.transcript_length <= config.data.context_length):
         raise ValueError(f"config.data.transcript_length={config.data.transcript_length} must be in "
                          f"[1, context_length={config.data.context_length}] (or -1: context_length)")
     for source in config.data.sources:
