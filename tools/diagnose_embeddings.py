@@ -1,15 +1,17 @@
 """What a checkpoint's embeddings hold, measured on the synthetic corpus (the figures behind the README's
 analysis of the demo).
 
-    python tools/diagnose_embeddings.py --config configs/pretrain.py --workdir workdirs/demo [--init]
+    python tools/diagnose_embeddings.py --config configs/pretrain.py --workdir workdirs/demo [--init | --step N]
 
 - Text: for held-out transcripts, the mean cosine between a transcript's embedding and the embedding of the
   same transcript with its shape, colour or motion word replaced by another value of that attribute. A text
   tower that ignores an attribute gives 1.0 for it.
-- Video: linear probes on the video embedding (projected CLS) for has_<shape|colour|motion> labels and the
-  first event's shape, colour and motion, next to the majority-class base rate of the test videos.
+- Video: linear probes for has_<shape|colour|motion> labels and the first event's shape, colour and motion,
+  next to the majority-class base rate of the test videos: on the video embedding (projected CLS,
+  `probe_<label>`) and on the mean of the projected patch tokens (`probe_pooled_<label>`).
 
-`--init` diagnoses the run's random initial parameters instead of the newest checkpoint. Prints JSON and
+`--init` diagnoses the run's random initial parameters instead of the newest checkpoint; `--step N` the
+checkpoint of iteration N. Prints JSON and
 writes it to <workdir>/diagnosis[_init].json.
 """
 from __future__ import annotations
@@ -61,7 +63,7 @@ def text_swap_cosines(encoders, params, tokenizer, context_length: int, transcri
 
 
 def diagnose(config, workdir: str, init: bool = False, num_videos: int = 256, num_probe_train: int = 768,
-             batch: int = 64) -> dict[str, float]:
+             batch: int = 64, step: int | None = None) -> dict[str, float]:
     from tvts.checkpoint import restore_params, with_shardings
     from tvts.data.pipeline import synthetic_config
     from tvts.data.synthetic import SyntheticCorpus
@@ -75,7 +77,7 @@ def diagnose(config, workdir: str, init: bool = False, num_videos: int = 256, nu
         params = random_params(setup)
     else:
         abstract = with_shardings(setup.abstract_state, setup.state_sharding)["params"]
-        params = restore_params(os.path.join(workdir, "checkpoints"), abstract)
+        params = restore_params(os.path.join(workdir, "checkpoints"), abstract, step)
     encoders = FrozenEncoders(setup.model, setup.mesh, setup.rules, setup.params_sharding)
     corpus_cfg = synthetic_config(config.data, setup.model.variant.video.image_size, config.model.num_frames)
     val, test = SyntheticCorpus(corpus_cfg, "val"), SyntheticCorpus(corpus_cfg, "test")
@@ -85,15 +87,20 @@ def diagnose(config, workdir: str, init: bool = False, num_videos: int = 256, nu
     out = text_swap_cosines(encoders, params, get_tokenizer(context_length), context_length, transcripts)
 
     def features(corpus, n):
-        feats = [encoders.video_embedding(params, corpus.transcribed_batch(range(s, min(s + batch, n)),
-                                                                           train=False)["frames"])
-                 for s in range(0, n, batch)]
-        return np.concatenate(feats), corpus.transcribed_batch(range(n), render=False)["labels"]
+        """(CLS [n, E], mean of the patch tokens [n, E]), labels."""
+        tokens = [encoders.video_tokens(params, corpus.transcribed_batch(range(s, min(s + batch, n)),
+                                                                         train=False)["frames"])
+                  for s in range(0, n, batch)]
+        feats = {"": np.concatenate([t[:, 0] for t in tokens]),
+                 "pooled_": np.concatenate([t[:, 1:].mean(1) for t in tokens])}
+        return feats, corpus.transcribed_batch(range(n), render=False)["labels"]
 
     train_x, train_y = features(val, num_probe_train)
     test_x, test_y = features(test, num_videos)
     for label in PROBE_LABELS:
-        out[f"probe_{label}"] = float(linear_probe(train_x, train_y[label], test_x, test_y[label])["accuracy"])
+        for kind in train_x:
+            out[f"probe_{kind}{label}"] = float(linear_probe(train_x[kind], train_y[label], test_x[kind],
+                                                             test_y[label])["accuracy"])
         out[f"base_{label}"] = majority_rate(test_y[label])
     return out
 
@@ -105,12 +112,16 @@ def main():
     parser.add_argument("--config", default="configs/pretrain.py", help="config file[:args] of the run")
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--init", action="store_true", help="diagnose the random initial parameters")
+    parser.add_argument("--step", type=int, default=None, help="the checkpoint of this iteration (default: newest)")
     parser.add_argument("--num_videos", type=int, default=256)
     args = parser.parse_args()
-    result = diagnose(load_config(args.config), args.workdir, args.init, args.num_videos)
+    if args.init and args.step is not None:
+        parser.error("--init and --step exclude each other")
+    result = diagnose(load_config(args.config), args.workdir, args.init, args.num_videos, step=args.step)
     text = json.dumps(result, indent=1, sort_keys=True)
     print(text)
-    with open(os.path.join(args.workdir, f"diagnosis{'_init' if args.init else ''}.json"), "w") as f:
+    suffix = "_init" if args.init else f"_step{args.step}" if args.step is not None else ""
+    with open(os.path.join(args.workdir, f"diagnosis{suffix}.json"), "w") as f:
         f.write(text + "\n")
 
 

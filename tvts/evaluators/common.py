@@ -57,6 +57,10 @@ class FrozenEncoders:
         """uint8 [b, T, H, W, 3] -> projected CLS [B_global, E]."""
         return self._call(self._video, params, frames)[0]
 
+    def video_tokens(self, params, frames: np.ndarray) -> np.ndarray:
+        """uint8 [b, T, H, W, 3] -> all projected tokens [B_global, 1 + T*N, E] (CLS first)."""
+        return self._call(self._video, params, frames)[1]
+
     def text_embedding(self, params, tokens: np.ndarray) -> np.ndarray:
         """int32 [b, L] -> [B_global, E]."""
         return self._call(self._text, params, tokens)
