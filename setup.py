@@ -24,6 +24,8 @@ setup(
         "matplotlib>=3.8",
         "ftfy>=6.1",
         "regex>=2023.0",
+        # mimalloc for XLA:CPU's per-step temporaries (tvts/allocator.py); Linux wheels only
+        "cmeel-mimalloc>=3.0,<4; platform_system == 'Linux'",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.5"],

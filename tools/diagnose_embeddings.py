@@ -16,6 +16,11 @@ writes it to <workdir>/diagnosis[_init].json.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # a program, not an import: move to mimalloc before JAX loads (tvts/allocator.py)
+    from tvts.allocator import reexec_with_mimalloc
+
+    reexec_with_mimalloc()
+
 import argparse
 import json
 import os

@@ -7,6 +7,11 @@ of every entry of `config.evals` (as at the end of training), writing them to `e
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # a program, not an import: move to mimalloc before JAX loads (tvts/allocator.py)
+    from tvts.allocator import reexec_with_mimalloc
+
+    reexec_with_mimalloc()
+
 import json
 import os
 

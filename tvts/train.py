@@ -9,6 +9,11 @@ source per iteration) with metrics, evaluation and checkpoints -> final evaluati
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # a program, not an import: move to mimalloc before JAX loads (tvts/allocator.py)
+    from tvts.allocator import reexec_with_mimalloc
+
+    reexec_with_mimalloc()
+
 import dataclasses
 import functools
 import json
