@@ -1,33 +1,45 @@
-"""Train-step time of config variants, measured in one process (ratios are what to quote).
+"""Train-step time of config variants, measured in one run (ratios are what to quote).
 
-    python tools/bench_step.py [--variant tiny] [--steps 20] [--out step_times.json]
+    python tools/bench_step.py [--variant tiny] [--steps 20] [--rounds 3] [--out step_times.json]
 
 Cases: the default step; text embeddings frozen too (no backward pass through the frozen text
 blocks at all); tube-mask ratios 0 / 0.5 / 0.75 (compute falls with the number of kept patches);
-transcripts padded to the full context length instead of `data.transcript_length`.
-Each case compiles once, runs `--warmup` steps, then times `--steps` steps; the cases are run in
-interleaved rounds so that machine noise hits them alike. Prints a table and writes JSON.
+transcripts padded to the full context length instead of `data.transcript_length`; and the default
+step on the system allocator instead of mimalloc (tvts/allocator.py), timed in a worker process
+started with TVTS_ALLOCATOR=system. Each case compiles once, runs `--warmup` steps, then times
+`--steps` steps; the cases are run in interleaved rounds so that machine noise hits them alike.
+Prints a table and writes JSON.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # a program, not an import: move to mimalloc before JAX loads (tvts/allocator.py)
+    from tvts.allocator import reexec_with_mimalloc
+
+    reexec_with_mimalloc()
+
 import argparse
 import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 
 import jax
 
-from tvts import sharding, train
+from tvts import allocator, sharding, train
 from tvts.config import apply_overrides, load_config
 from tvts.data.pipeline import make_sources
 
+DEFAULT = "default (mask 0.5)"
 CASES = {
-    "default (mask 0.5)": {},
+    DEFAULT: {},
     "freeze_text_embeddings": {"optim.freeze_text_embeddings": True},
     "mask 0.0": {"model.mask_ratio": 0.0},
     "mask 0.75": {"model.mask_ratio": 0.75},
     "transcripts at context": {"data.transcript_length": -1},
 }
+SYSTEM_ALLOCATOR = "system allocator (glibc malloc)"
 
 
 def make_config(variant: str, overrides: dict):
@@ -37,6 +49,62 @@ def make_config(variant: str, overrides: dict):
     return apply_overrides(config, {"model.mask_ratio": 0.5, **published, **overrides})
 
 
+class InProcess:
+    """One case's compiled step, state and batch; `time(n)` runs n steps and returns seconds per step."""
+
+    def __init__(self, variant: str, overrides: dict, warmup: int):
+        config = make_config(variant, overrides)
+        setup = train.make_setup(config)
+        self.state = train.init_state(setup, jax.random.key(0))
+        self.step = train.make_train_step(setup, "transcribed")
+        source = make_sources(config.data, setup.model.variant.video.image_size, config.model.num_frames)
+        self.batch = sharding.global_batch(source["transcribed"].batch(0), setup.mesh)
+        self.time(warmup)
+
+    def time(self, steps: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            self.state, metrics = self.step(self.state, self.batch, jax.random.key(1))
+        jax.block_until_ready(metrics)
+        return (time.perf_counter() - t0) / max(steps, 1)
+
+
+class SystemAllocatorWorker:
+    """The default case in a child process on the system allocator, driven line by line over a pipe."""
+
+    def __init__(self, variant: str, warmup: int):
+        env = {**os.environ, allocator.OPT_OUT: "system"}
+        env.pop("LD_PRELOAD", None)
+        self.proc = subprocess.Popen([sys.executable, __file__, "--worker", "--variant", variant,
+                                      "--warmup", str(warmup)], env=env, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        if self._read() != "ready":
+            raise RuntimeError("the system-allocator worker did not start")
+
+    def _read(self) -> str:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the system-allocator worker exited with {self.proc.wait()}")
+        return line.strip()
+
+    def time(self, steps: int) -> float:
+        self.proc.stdin.write(f"{steps}\n")
+        self.proc.stdin.flush()
+        return float(self._read())
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def worker(args):
+    """--worker: compile the default case, then answer each line N on stdin with seconds per step of N steps."""
+    run = InProcess(args.variant, {}, args.warmup)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        print(run.time(int(line)), flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", default="tiny")
@@ -44,42 +112,40 @@ def main():
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", default="step_times.json")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        return worker(args)
 
     runs = {}
     for name, overrides in CASES.items():
-        config = make_config(args.variant, overrides)
-        setup = train.make_setup(config)
-        state = train.init_state(setup, jax.random.key(0))
-        step = train.make_train_step(setup, "transcribed")
-        batch = sharding.global_batch(make_sources(config.data, setup.model.variant.video.image_size,
-                                                   config.model.num_frames)["transcribed"].batch(0), setup.mesh)
         t0 = time.perf_counter()
-        for _ in range(args.warmup):
-            state, metrics = step(state, batch, jax.random.key(1))
-        jax.block_until_ready(metrics)
+        runs[name] = InProcess(args.variant, overrides, args.warmup)
         print(f"{name}: compiled and warmed up in {time.perf_counter() - t0:.1f}s", flush=True)
-        runs[name] = {"step": step, "state": state, "batch": batch, "times": []}
+    if allocator.mimalloc_loaded():
+        runs[SYSTEM_ALLOCATOR] = SystemAllocatorWorker(args.variant, args.warmup)
+    else:
+        print("mimalloc is not loaded here: no system-allocator comparison", flush=True)
 
+    times = {name: [] for name in runs}
     for r in range(args.rounds):
         for name, run in runs.items():
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
-                run["state"], metrics = run["step"](run["state"], run["batch"], jax.random.key(1))
-            jax.block_until_ready(metrics)
-            run["times"].append((time.perf_counter() - t0) / args.steps)
+            times[name].append(run.time(args.steps))
         print(f"round {r + 1}/{args.rounds} done", flush=True)
+    if SYSTEM_ALLOCATOR in runs:
+        runs[SYSTEM_ALLOCATOR].close()
 
-    base = statistics.median(runs["default (mask 0.5)"]["times"])
+    base = statistics.median(times[DEFAULT])
     results = {}
-    print(f"\n{'case':<26}{'median step (ms)':>18}{'vs default':>12}")
-    for name, run in runs.items():
-        med = statistics.median(run["times"])
-        results[name] = {"median_step_s": med, "all_rounds_s": run["times"], "ratio_to_default": med / base}
-        print(f"{name:<26}{1000 * med:>18.1f}{med / base:>12.2f}")
+    print(f"\n{'case':<34}{'median step (ms)':>18}{'vs default':>12}")
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        results[name] = {"median_step_s": med, "all_rounds_s": ts, "ratio_to_default": med / base}
+        print(f"{name:<34}{1000 * med:>18.1f}{med / base:>12.2f}")
     with open(args.out, "w") as f:
         json.dump({"variant": args.variant, "steps_per_round": args.steps, "devices": jax.device_count(),
-                   "cases": results}, f, indent=1)
+                   "allocator": "mimalloc" if allocator.mimalloc_loaded() else "system", "cases": results},
+                  f, indent=1)
     print(f"wrote {args.out}")
 
 
