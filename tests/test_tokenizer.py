@@ -153,3 +153,13 @@ def test_vocab_ships_with_package():
     assert os.path.isfile(os.path.join(vocab_dir, "bpe_simple_vocab_16e6.txt.gz"))
     with open(os.path.join(vocab_dir, "LICENSE")) as f:
         assert "Permission is hereby granted, free of charge" in f.read()
+
+
+def test_repeated_texts_come_from_the_cache_unchanged(tok):
+    text = "now the red circle moves to the left &amp; you see"
+    first = tok.encode(text)
+    first.append(-1)                                   # a caller mutating its result ...
+    assert tok.encode(text) == first[:-1]              # ... does not reach the cached ids
+    fresh = Tokenizer()                                # a new tokenizer: empty caches
+    assert fresh.encode(text) == first[:-1]
+    np.testing.assert_array_equal(tok([text, text]), fresh([text, text]))

@@ -41,6 +41,7 @@ _EOT_TEXT = "<end_of_text>"
 _END_OF_WORD = "</w>"
 _DEFAULT_VOCAB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vocab", "bpe_simple_vocab_16e6.txt.gz")
 _CACHE_LIMIT = 1 << 20  # BPE results kept per tokenizer before the cache is reset (bounds memory)
+_TEXT_CACHE_LIMIT = 1 << 16  # whole texts kept likewise: ftfy's cleaning costs more than the BPE
 
 # CLIP's pre-tokenisation pattern (matched case-insensitively, as CLIP does; the text is lowercase
 # by then anyway). A literal special-token string in the text becomes that special token, as in
@@ -124,6 +125,8 @@ class Tokenizer:
         self.sot_token, self.eot_token = SOT_TOKEN, EOT_TOKEN
         # BPE cache: piece (byte-mapped, before </w> is added) -> its ids.
         self._cache: dict[str, tuple[int, ...]] = {}
+        # Text cache: raw text -> its ids. Transcripts and captions repeat (a corpus's stock phrases).
+        self._text_cache: dict[str, tuple[int, ...]] = {}
 
     # -- BPE ----------------------------------------------------------------------------------
     def _bpe(self, piece: str) -> tuple[int, ...]:
@@ -160,6 +163,9 @@ class Tokenizer:
     # -- public API ---------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
         """BPE ids of ``text`` after CLIP's cleaning, without SOT/EOT."""
+        cached = self._text_cache.get(text)
+        if cached is not None:
+            return list(cached)
         ids: list[int] = []
         table = self._byte_to_char
         for piece in _PATTERN.findall(clean_text(text)):
@@ -169,6 +175,9 @@ class Tokenizer:
                 ids.append(EOT_TOKEN)
             else:
                 ids.extend(self._bpe("".join(table[b] for b in piece.encode("utf-8"))))
+        if len(self._text_cache) >= _TEXT_CACHE_LIMIT:
+            self._text_cache.clear()
+        self._text_cache[text] = tuple(ids)
         return ids
 
     def decode(self, ids: Iterable[int]) -> str:
