@@ -6,8 +6,8 @@ from tvts.evaluators.classification import (average_views, class_embeddings, mul
                                             zero_shot_classify)
 from tvts.evaluators.linear_probe import DEFAULT_L2_GRID, linear_probe
 from tvts.evaluators.plots import plot_recall_curves, plot_training_curves
-from tvts.evaluators.retrieval import (recall_at_k_curve, retrieval_metrics, retrieval_ranks,
-                                       text_video_retrieval)
+from tvts.evaluators.retrieval import (chance_metrics, metrics_from_ranks, recall_at_k_curve, retrieval_metrics,
+                                       retrieval_ranks, text_video_retrieval)
 
 # ----------------------------------------------------------------------------------------------
 # Retrieval
@@ -112,6 +112,19 @@ def test_text_video_retrieval_both_directions():
     perfect = text_video_retrieval(video, video)
     assert perfect['t2v/R@1'] == perfect['v2t/R@1'] == 100.0
     assert perfect['t2v/MdR'] == perfect['v2t/MnR'] == 1.0
+
+
+def test_chance_metrics_are_the_average_over_every_ranking():
+    import itertools
+
+    n = 5  # each permutation places the ground truth at one rank; average the metrics over all of them
+    runs = [metrics_from_ranks(np.array(p) + 1, ks=(1, 2, 10)) for p in itertools.permutations(range(n))]
+    chance = chance_metrics(n, ks=(1, 2, 10))
+    for key in ("R@1", "R@2", "R@10", "MnR"):
+        assert chance[key] == pytest.approx(np.mean([r[key] for r in runs]))
+    assert chance["MdR"] == 3.0  # the median rank of a uniform draw from 1..5
+    with pytest.raises(ValueError, match="at least one candidate"):
+        chance_metrics(0)
 
 
 # ----------------------------------------------------------------------------------------------

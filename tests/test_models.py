@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from tvts.models.text import eot_pool
-from tvts.models.tvtsv2 import TVTSv2, abstract_params, count_params, init_params, init_time_attention
+from tvts.models.tvtsv2 import (TVTSv2, abstract_params, count_params, init_params, init_time_attention,
+                                 without_time_attention)
 from tvts.models.variants import VARIANT_NAMES, decode_variant
 from tvts.models.video_vit import SpaceTimeBlock, gather_kept_patches
 
@@ -99,6 +100,23 @@ def test_fresh_time_attention_is_a_no_op(scheme):
         gelu = h * 0.5 * (1 + np.vectorize(math.erf)(h / np.sqrt(2)))
         no_time.append(y + gelu @ p64["mlp"]["proj"]["kernel"] + p64["mlp"]["proj"]["bias"])
     np.testing.assert_allclose(np.asarray(got), np.stack(no_time), rtol=2e-4, atol=2e-4)
+
+
+def test_time_attention_switched_off_is_the_space_only_tower(tiny):
+    """Off means the time branch adds nothing: qkv then cannot matter, and the tower equals its no-op init."""
+    model, params = tiny
+    rng = np.random.default_rng(0)
+    trained = jax.tree.map(lambda a: a + 0.1 * rng.standard_normal(a.shape).astype(a.dtype), params)  # a moved model
+    video = jax.random.normal(jax.random.key(3), (2, 6, 32, 32, 3))
+    encode = jax.jit(lambda p: model.apply({"params": p}, video, None, method=TVTSv2.encode_video))
+    off = without_time_attention(trained)
+    other_qkv = jax.tree.map(lambda a: a, off)
+    other_qkv["video"]["blocks"]["time_attn"]["qkv"] = jax.tree.map(lambda a: -3.0 * a,
+                                                                     off["video"]["blocks"]["time_attn"]["qkv"])
+    np.testing.assert_array_equal(encode(off), encode(other_qkv))
+    np.testing.assert_allclose(encode(off), encode(init_time_attention(trained, "learnable")), rtol=1e-6, atol=1e-6)
+    assert float(jnp.abs(encode(off) - encode(trained)).max()) > 1e-2        # it did something before
+    assert float(jnp.abs(trained["video"]["blocks"]["time_attn"]["out"]["kernel"]).max()) > 0  # input untouched
 
 
 def _time_attention_grads(scheme):

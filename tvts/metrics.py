@@ -10,6 +10,8 @@ import sys
 from typing import Mapping
 
 SUMMARY_KEYS = ("loss", "contrastive_loss", "sort_loss", "sort_accuracy", "clips_per_sec")
+# Evaluators report the same metric for other references as 'NAME/<reference>/metric' next to 'NAME/metric'.
+REFERENCES = {"no_time_attn": "time attn off", "init": "random init", "chance": "chance / base"}
 
 
 class MetricWriter:
@@ -57,11 +59,27 @@ class MetricWriter:
 
     @staticmethod
     def report_to_console(values: Mapping[str, float]) -> None:
-        width = max((len(k) for k in values), default=0)
-        print("\n".join(["", "final evaluation:"] + [f"  {k:<{width}}  {v:.4f}" for k, v in sorted(values.items())]),
-              flush=True)
+        print(format_report(values), flush=True)
 
     def close(self) -> None:
         if self.enabled:
             self._tb.close()
             self._log.close()
+
+
+def format_report(values: Mapping[str, float]) -> str:
+    """The final metrics as a table: one row per metric, its references ('NAME/init/m', 'NAME/chance/m') beside it."""
+    rows: dict[str, dict[str, float]] = {}
+    for key, value in values.items():
+        parts = key.split("/")
+        column = parts[1] if len(parts) > 2 and parts[1] in REFERENCES else ""
+        metric = "/".join(parts[:1] + parts[2:]) if column else key
+        rows.setdefault(metric, {})[column] = value
+    columns = [""] + [c for c in REFERENCES if any(c in r for r in rows.values())]
+    headers = {"": "trained", **REFERENCES}
+    width = max([len(m) for m in rows] + [len("final evaluation")])
+    lines = ["", f"{'final evaluation':<{width}}" + "".join(f"  {headers[c]:>14}" for c in columns)]
+    for metric in sorted(rows):
+        cells = (f"{rows[metric][c]:.4f}" if c in rows[metric] else "" for c in columns)
+        lines.append(f"{metric:<{width}}" + "".join(f"  {cell:>14}" for cell in cells))
+    return "\n".join(lines)

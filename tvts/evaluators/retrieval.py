@@ -83,6 +83,17 @@ def metrics_from_ranks(ranks, ks: Iterable[int] = RECALL_KS) -> dict[str, float]
     return out
 
 
+def chance_metrics(num_candidates: int, ks: Iterable[int] = RECALL_KS) -> dict[str, float]:
+    """The :func:`metrics_from_ranks` keys for a uniformly random ranking of ``num_candidates``:
+    R@K = 100 min(K, N) / N, median and mean rank (N + 1) / 2."""
+    n = int(num_candidates)
+    if n < 1:
+        raise ValueError(f'need at least one candidate, got {n}')
+    out = {f'R@{k}': 100.0 * min(k, n) / n for k in ks}
+    out['MdR'] = out['MnR'] = (n + 1) / 2
+    return out
+
+
 def retrieval_metrics(sim, *, targets=None) -> dict[str, float]:
     """R@1/5/10/50 (percent), median and mean rank (1-based, ties against the query).
 

@@ -5,7 +5,10 @@
 - linear probes on the frozen video embedding (projected CLS) for an appearance label ('has_circle') and a
   label only readable from frame order ('has_leftward'), trained on `num_probe_train` 'val' videos and
   tested on the `num_videos` 'test' videos;
-- with `compare_with_init`, the same figures for the run's random initial parameters, prefixed 'init/'.
+- with `compare_with_init`, the same figures for the run's random initial parameters, prefixed 'init/';
+- with `compare_without_time_attention`, the same figures for the trained parameters with the time attention
+  switched off (`without_time_attention`), prefixed 'no_time_attn/': what the model owes to it;
+- the chance level of each figure, prefixed 'chance/' (probes: the test labels' majority-class rate).
 All at mask ratio 0 with deterministic frame times, as in the published evaluations.
 """
 from __future__ import annotations
@@ -19,7 +22,7 @@ from tvts.data.synthetic import SyntheticCorpus
 from tvts.data.tokenizer import get_tokenizer
 from tvts.evaluators.common import Evaluator, FrozenEncoders
 from tvts.evaluators.linear_probe import linear_probe
-from tvts.evaluators.retrieval import recall_at_k_curve, text_video_retrieval
+from tvts.evaluators.retrieval import chance_metrics, recall_at_k_curve, text_video_retrieval
 
 PROBE_LABELS = ("has_circle", "has_leftward")
 
@@ -97,9 +100,26 @@ class SyntheticHeldout(Evaluator):
             out[f"probe_{label}"] = linear_probe(train_x, train_y[label], test_x, test_y[label])["accuracy"]
         return out, curve
 
+    def chance(self) -> dict[str, float]:
+        n = self.cfg.num_videos
+        out = {"sort_accuracy": 1.0 / self.test.config.num_clips}
+        for direction in ("t2v", "v2t"):
+            out.update({f"{direction}/{k}": v for k, v in chance_metrics(n).items()})
+        labels = self.test.transcribed_batch(np.arange(n), train=False, render=False)["labels"]
+        for label in PROBE_LABELS:
+            out[f"probe_{label}"] = 100.0 * np.bincount(labels[label]).max() / n
+        return out
+
     def compute(self, params, final: bool) -> dict[str, float]:
         out, curve = self._evaluate(params)
+        if final:
+            out.update({f"chance/{k}": v for k, v in self.chance().items()})
         curves = {"trained": curve}
+        if final and self.cfg.get("compare_without_time_attention", False):
+            from tvts.models.tvtsv2 import without_time_attention
+
+            ablated, _ = self._evaluate(without_time_attention(params))
+            out.update({f"no_time_attn/{k}": v for k, v in ablated.items()})
         if final and self.cfg.compare_with_init:
             from tvts.train import random_params
 

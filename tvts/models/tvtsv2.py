@@ -106,6 +106,16 @@ def init_time_attention(params: Any, scheme: TimeInit) -> Any:
     return {**params, "video": video}
 
 
+def without_time_attention(params: Any) -> Any:
+    """`params` with every block's time attention switched off (output projection 0): each block then adds
+    nothing from across frames, and the tower computes as the image model it was inflated from. Used to
+    measure what a trained model owes to its time attention; plain (unboxed) trees."""
+    blocks = dict(params["video"]["blocks"])
+    off = jax.tree.map(lambda x: jnp.zeros_like(x, device=getattr(x, "sharding", None)), blocks["time_attn"]["out"])
+    blocks["time_attn"] = {**blocks["time_attn"], "out": off}
+    return {**params, "video": {**params["video"], "blocks": blocks}}
+
+
 def _is_box(x) -> bool:
     return isinstance(x, nn.Partitioned)
 
