@@ -37,7 +37,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     tiny = args.variant == "tiny"
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.total_steps = args.steps if args.steps > 0 else (1200 if tiny else 100_000)  # iterations
+    c.total_steps = args.steps if args.steps > 0 else (2000 if tiny else 100_000)  # iterations
     c.log_every = 50 if tiny else 100
     c.checkpoint_every = 400 if tiny else 2000
     c.keep_checkpoints = 3
@@ -89,7 +89,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.max_replicated_fraction = 0.05
 
     heldout = dict(type="synthetic_heldout", every=0 if tiny else 5000, num_videos=256, num_probe_train=768,
-                   batch=64, compare_with_init=tiny)
+                   batch=64, compare_with_init=tiny, compare_without_time_attention=tiny)
     c.evals = {"heldout": heldout} if args.data == "synthetic" and args.eval else {}
     c.lock()
     return c

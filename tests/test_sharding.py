@@ -88,7 +88,9 @@ def test_accumulated_gradients_equal_full_batch_gradients(kind):
         if kind == "transcribed":
             np.testing.assert_allclose(float(m["sort_accuracy"]), float(want_m["sort_accuracy"]), rtol=1e-6)
         for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want)):
-            np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6, err_msg=f"k={k} {optim.path_str(path)}")
+            # float32 sums in another order: the error scales with the leaf's largest entry, not with each entry
+            atol = 1e-6 * max(1.0, float(np.abs(b).max()))
+            np.testing.assert_allclose(a, b, rtol=2e-4, atol=atol, err_msg=f"k={k} {optim.path_str(path)}")
 
 
 def test_replication_check_fires_on_a_bad_rule():
