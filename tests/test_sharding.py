@@ -68,7 +68,7 @@ def test_microbatch_split_interleaves_rows():
 @pytest.mark.parametrize("kind", ["transcribed", "captioned"])
 def test_accumulated_gradients_equal_full_batch_gradients(kind):
     """Contrastive over the global batch + sorting: the gradient cache reproduces the full-batch gradient."""
-    config = tiny_config()
+    config = tiny_config(**{"loss.transcribed_contrastive_weight": 0.5})  # weighted on transcribed batches only
     setup = setup_on(config, {"data": 1}, jax.devices()[:1])
     params = jax.device_get(train.init_state(setup, jax.random.key(0))["params"])
     trainable, frozen = optim.partition(params, setup.labels)

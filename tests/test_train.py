@@ -13,7 +13,7 @@ from tvts.data.pipeline import make_sources
 
 
 def tiny_config(**overrides):
-    """Small and fast: 4 frames, batch 8, transcribed source only, no evaluators, constant lr from step 0."""
+    """Small and fast: 4 frames, batch 8, transcribed source only, no evaluators, every term and lr from step 0."""
     c = load_config("configs/pretrain.py")
     with c.unlocked():
         c.model.num_frames = 4
@@ -24,6 +24,7 @@ def tiny_config(**overrides):
         c.optim.schedule = "constant"
         c.optim.warmup_steps = 0
         c.optim.group_start = ml_collections.ConfigDict()
+        c.loss.transcribed_contrastive_start = 0.0
         c.evals = ml_collections.ConfigDict()
         c.log_every = 1
     return apply_overrides(c, overrides)
@@ -86,6 +87,19 @@ def test_a_delayed_group_stays_bit_identical_until_its_start():
     assert moved(history[2], history[3], "text") > 0  # update 2 = int(0.5 * 4): the group starts
 
 
+def test_transcribed_contrastive_term_joins_at_its_start():
+    config = tiny_config(**{"total_steps": 4, "loss.transcribed_contrastive_start": 0.5})
+    setup = one_device_setup(config)
+    state = train.init_state(setup, jax.random.key(0))
+    step = train.make_train_step(setup, "transcribed")
+    batch = sharding.global_batch(batch_for(config), setup.mesh)
+    for i in range(4):
+        state, m = step(state, batch, jax.random.key(i))
+        weight = 1.0 if i >= 2 else 0.0  # update 2 = int(0.5 * 4)
+        want = weight * float(m["contrastive_loss"]) + config.loss.sort_weight * float(m["sort_loss"])
+        np.testing.assert_allclose(float(m["loss"]), want, rtol=1e-6, err_msg=f"update {i}")
+
+
 def _metrics(workdir):
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         return {r["step"]: r for r in map(json.loads, f)}
@@ -111,6 +125,21 @@ def test_nonfinite_loss_stops_the_run_naming_the_step_and_skips_the_checkpoint(t
     assert not os.path.exists(tmp_path / "checkpoints" / "1")
 
 
+def test_transcribed_contrastive_weight_scales_only_the_transcribed_contrastive_term():
+    setup = one_device_setup(tiny_config())
+    params = train.init_state(setup, jax.random.key(0))["params"]
+    batch = batch_for(setup.config)
+    captioned = {"video": batch["video"], "texts": batch["texts"][:, :1]}
+    keep = train.random_keep(jax.random.key(3), 8, 16, 0.5)
+    for weight in (1.0, 0.25, 0.0):
+        cfg = tiny_config(**{"loss.transcribed_contrastive_weight": weight}).loss
+        total, m = train.compute_losses(params, setup.model, batch, keep, cfg)
+        want = weight * float(m["contrastive_loss"]) + cfg.sort_weight * float(m["sort_loss"])
+        np.testing.assert_allclose(float(total), want, rtol=1e-6)
+        total, m = train.compute_losses(params, setup.model, captioned, keep, cfg)
+        np.testing.assert_allclose(float(total), float(m["contrastive_loss"]), rtol=1e-6)
+
+
 @pytest.mark.parametrize("field,value,message", [
     ("model.mask_ratio", 1.0, r"mask_ratio=1.0 must be in \[0, 1\)"),
     ("model.num_frames", 13, "temporal embedding holds 12 frames"),
@@ -122,6 +151,8 @@ def test_nonfinite_loss_stops_the_run_naming_the_step_and_skips_the_checkpoint(t
     ("optim.group_start", {"txt": 0.5}, "group_start.txt: no such group"),
     ("optim.freeze_text_embeddings", True, "config.optim.rules is set"),
     ("optim.group_start", {"text": 1.0}, "group_start.text=1.0 must be a fraction"),
+    ("loss.transcribed_contrastive_weight", -1.0, r"transcribed_contrastive_weight=-1.0 must be >= 0"),
+    ("loss.transcribed_contrastive_start", 1.0, r"transcribed_contrastive_start=1.0 must be a fraction"),
 ])
 def test_bad_config_values_fail_before_allocation(field, value, message):
     config = tiny_config(**{field: value})

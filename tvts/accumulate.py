@@ -27,7 +27,7 @@ def split_microbatches(x: jax.Array, num: int) -> jax.Array:
 
 
 def accumulated_grads(trainable: Any, frozen: Any, model, batch: dict, keep: jax.Array | None, loss_cfg,
-                      num_micro: int) -> tuple[tuple[jax.Array, dict], Any]:
+                      num_micro: int, transcribed_weight=None) -> tuple[tuple[jax.Array, dict], Any]:
     """Same contract as jax.value_and_grad(compute_losses, has_aux=True) over the full batch."""
     from tvts.train import preprocess_video
 
@@ -51,7 +51,10 @@ def accumulated_grads(trainable: Any, frozen: Any, model, batch: dict, keep: jax
     (c_loss, metrics), (g_video, g_text) = jax.value_and_grad(
         lambda v, t: losses.contrastive_loss(v, t, loss_cfg.temperature), argnums=(0, 1), has_aux=True)(
             unsplit(video_emb), unsplit(text_emb))
-    g_video, g_text = split_microbatches(g_video, num_micro), split_microbatches(g_text, num_micro)
+    if transcribed_weight is None:
+        transcribed_weight = loss_cfg.transcribed_contrastive_weight
+    c_weight = transcribed_weight if with_sort else 1.0
+    g_video, g_text = (split_microbatches(c_weight * g, num_micro) for g in (g_video, g_text))
 
     def surrogate(trainable, i):
         mk = None if micro_keep is None else micro_keep[i]
@@ -70,7 +73,7 @@ def accumulated_grads(trainable: Any, frozen: Any, model, batch: dict, keep: jax
     zeros = jax.tree.map(jnp.zeros_like, trainable)
     grads, (sort_losses, sort_accs) = jax.lax.scan(accumulate, zeros, jnp.arange(num_micro))
     metrics["contrastive_loss"] = c_loss
-    total = c_loss
+    total = c_weight * c_loss
     if with_sort:
         metrics.update(sort_loss=sort_losses.mean(), sort_accuracy=sort_accs.mean())
         total = total + loss_cfg.sort_weight * metrics["sort_loss"]

@@ -81,6 +81,12 @@ def validate(config: Any) -> None:
             raise ValueError(f"config.data.{source}_batch must be positive")
     if config.total_steps <= 0:
         raise ValueError(f"config.total_steps={config.total_steps} must be positive")
+    for name in ("sort_weight", "transcribed_contrastive_weight"):
+        if getattr(config.loss, name) < 0:
+            raise ValueError(f"config.loss.{name}={getattr(config.loss, name)} must be >= 0")
+    if not 0.0 <= config.loss.transcribed_contrastive_start < 1.0:
+        raise ValueError(f"config.loss.transcribed_contrastive_start={config.loss.transcribed_contrastive_start} "
+                         "must be a fraction of training in [0, 1)")
     for name, lr in config.optim.groups.items():
         if lr < 0:
             raise ValueError(f"config.optim.groups.{name}={lr} must be >= 0")

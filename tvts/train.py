@@ -143,15 +143,23 @@ def random_params(setup: Setup) -> Any:
 # ----------------------------------------------------------------------------------------------
 # The train step
 # ----------------------------------------------------------------------------------------------
-def compute_losses(params, model: TVTSv2, batch, keep, loss_cfg) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """batch: video uint8 [B, T, H, W, 3], texts int32 [B, n, L]; n > 1 adds the sorting loss."""
+def compute_losses(params, model: TVTSv2, batch, keep, loss_cfg, transcribed_weight=None
+                   ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """batch: video uint8 [B, T, H, W, 3], texts int32 [B, n, L]; n > 1 adds the sorting loss.
+
+    transcribed_weight: the contrastive term's weight on a transcribed batch (default
+    loss_cfg.transcribed_contrastive_weight; the train step passes 0 before loss_cfg.transcribed_contrastive_start).
+    """
+    if transcribed_weight is None:
+        transcribed_weight = loss_cfg.transcribed_contrastive_weight
     out = model.apply({"params": params}, preprocess_video(batch["video"]), keep, batch["texts"])
     text = losses.transcript_text_embedding(out["text_emb"])
-    total, metrics = losses.contrastive_loss(out["video_emb"], text, loss_cfg.temperature)
-    metrics["contrastive_loss"] = total
+    contrastive, metrics = losses.contrastive_loss(out["video_emb"], text, loss_cfg.temperature)
+    metrics["contrastive_loss"] = contrastive
+    total = contrastive
     if "sort_logits" in out:
         sort_loss, sort_acc = losses.sorting_loss(out["sort_logits"])
-        total = total + loss_cfg.sort_weight * sort_loss
+        total = transcribed_weight * contrastive + loss_cfg.sort_weight * sort_loss
         metrics.update(sort_loss=sort_loss, sort_accuracy=sort_acc)
     metrics["loss"] = total
     return total, metrics
@@ -166,17 +174,20 @@ def make_train_step(setup: Setup, kind: str) -> Callable:
     model, cfg = setup.model, setup.config
     patches = model.variant.video.num_patches
     grad_accum = cfg.grad_accum_steps
+    contrastive_start = int(cfg.loss.transcribed_contrastive_start * total_updates(cfg))
 
     def step(state, batch, rng):
         rng = jax.random.fold_in(rng, state["step"])
         keep = random_keep(rng, batch["video"].shape[0], patches, setup.mask_ratio)
         trainable, frozen = optim.partition(state["params"], setup.labels)
+        weight = jnp.where(state["step"] >= contrastive_start, cfg.loss.transcribed_contrastive_weight, 0.0)
 
         def loss_fn(trainable):
-            return compute_losses(optim.merge(trainable, frozen), model, batch, keep, cfg.loss)
+            return compute_losses(optim.merge(trainable, frozen), model, batch, keep, cfg.loss, weight)
 
         if grad_accum > 1:
-            (_, metrics), grads = accumulated_grads(trainable, frozen, model, batch, keep, cfg.loss, grad_accum)
+            (_, metrics), grads = accumulated_grads(trainable, frozen, model, batch, keep, cfg.loss, grad_accum,
+                                                    weight)
         else:
             (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
         grad_norm = optax.tree.norm(grads)
