@@ -21,8 +21,12 @@ import ml_collections
 # (tools/diagnose_embeddings.py). The sort head sees transcripts with gradients stopped, so it can no
 # longer learn shape or motion. The tiny text tower therefore keeps its random, word-preserving features
 # for the first 70% of training ('text' in `group_start`) while the sort head and the video tower learn
-# against them, and is tuned for retrieval after that. CLIP variants start from a pretrained text tower
-# and use the published rules.
+# against them, and is tuned for retrieval after that. Against that random text tower the mean of a
+# video's transcript embeddings and its caption's embedding are unrelated targets, and with both
+# contrastive terms on, the video tower learned direction for one seed in three; the transcribed
+# contrastive term therefore joins when the text tower is tuned (`transcribed_contrastive_start`), and
+# captioned batches are 64 for more negatives (README, "How the tiny recipe got there"). CLIP variants
+# start from a pretrained text tower and use the published rules and losses.
 TINY_RULES = (
     (r"^text/frozen_blocks/", None),
     (r"^text/", "text"),
@@ -37,7 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     tiny = args.variant == "tiny"
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.total_steps = args.steps if args.steps > 0 else (2000 if tiny else 100_000)  # iterations
+    c.total_steps = args.steps if args.steps > 0 else (1600 if tiny else 100_000)  # iterations
     c.log_every = 50 if tiny else 100
     c.checkpoint_every = 400 if tiny else 2000
     c.keep_checkpoints = 3
@@ -58,13 +62,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         name=args.data,
         sources=("transcribed", "captioned"),  # one update on each per iteration, as published
         transcribed_batch=32 if tiny else 24 * 8,  # global batch per source
-        captioned_batch=32 if tiny else 24 * 8,
+        captioned_batch=64 if tiny else 24 * 8,
         context_length=32 if tiny else 77,
         transcript_length=16 if tiny else -1,  # tokens per transcript (-1: context_length); tiny ones hold <= 16
         # fields of tvts.data.synthetic.SyntheticConfig (the corpus of data='synthetic')
         synthetic=dict(seed=0, second_change_prob=1.0, negative_group_size=4, radius=(0.26, 0.3), travel=0.4),
     )
-    c.loss = dict(temperature=0.05, sort_weight=2.0)
+    c.loss = dict(
+        temperature=0.05,
+        sort_weight=2.0,
+        transcribed_contrastive_weight=1.0,
+        # fraction of training before the contrastive term joins on transcribed batches (weight 0 until then)
+        transcribed_contrastive_start=0.7 if tiny else 0.0,
+    )
     c.optim = dict(
         groups={"new": 2e-3, "clip": 2e-3, "text": 1e-3} if tiny else {"new": 1e-4, "clip": 1e-7},
         # empty: tvts.optim.published_rules(temporal_embedding_group, freeze_text_embeddings)
