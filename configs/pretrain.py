@@ -1,6 +1,6 @@
 """TVTSv2 pretraining: contrastive + transcript sorting on transcribed and captioned videos.
 
-The built-in demo (tiny variant, synthetic corpus, 2 CPU cores, under 10 minutes):
+The built-in demo (tiny variant, synthetic corpus, 2 CPU cores, about 10 minutes):
     python -m tvts.train --config configs/pretrain.py --workdir workdirs/demo
 
 A published variant with the published recipe (data, lr groups, step decay):
