@@ -3,7 +3,7 @@
 Why: XLA:CPU allocates each step's temporaries (213 MB for the tiny transcribed step) with malloc and frees
 them after the step. glibc serves blocks that large with fresh mmap()s, so every step page-faults all of them
 in again: 52k minor faults per step, a third of its CPU time spent in the kernel. mimalloc keeps freed
-segments for reuse; the same step then takes ~300 faults and runs ~1.5x faster (`tools/bench_step.py`).
+segments for reuse; the same step then takes ~300 faults, and glibc makes it 1.33x slower (`tools/bench_step.py`).
 
 The library comes from the `cmeel-mimalloc` wheel (MIT), an install requirement on Linux. Programs
 (`python -m tvts.train`, `python -m tvts.evaluate`, the benchmark tools) call `reexec_with_mimalloc()`
