@@ -38,7 +38,7 @@ class FrozenEncoders:
 
         def sort(params, frames, texts):
             out = model.apply({"params": params}, preprocess_video(frames), None, texts)
-            return out["sort_logits"]
+            return out["sort_logits"], out["video_emb"]
 
         self._video = jax.jit(video, in_shardings=(params_sharding, sharding.batch_sharding(mesh, 5)),
                               out_shardings=(replicated, replicated))
@@ -65,8 +65,10 @@ class FrozenEncoders:
         """int32 [b, L] -> [B_global, E]."""
         return self._call(self._text, params, tokens)
 
-    def sort_logits(self, params, frames: np.ndarray, texts: np.ndarray) -> np.ndarray:
-        """frames [b, T, H, W, 3], texts [b, n, L] -> [B_global, n, n]."""
+    def sort_logits_and_video_embedding(self, params, frames: np.ndarray, texts: np.ndarray
+                                        ) -> tuple[np.ndarray, np.ndarray]:
+        """frames [b, T, H, W, 3], texts [b, n, L] -> sort logits [B_global, n, n] and the video embedding
+        [B_global, E], from one pass of the video tower."""
         return self._call(self._sort, params, frames, texts)
 
 

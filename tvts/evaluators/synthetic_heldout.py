@@ -57,48 +57,68 @@ class SyntheticHeldout(Evaluator):
     def _tokens(self, texts: list[str], length: int | None = None) -> np.ndarray:
         return self.tokenizer(texts, length or self.context_length)
 
-    def _video_features(self, params, corpus: SyntheticCorpus, n: int) -> tuple[np.ndarray, dict]:
-        feats, labels = [], {k: [] for k in PROBE_LABELS}
-        for idx in self._chunks(n):
-            raw = corpus.transcribed_batch(idx, train=False)
-            feats.append(self.encoders.video_embedding(params, raw["frames"]))
-        for k in PROBE_LABELS:  # labels of every process's videos, in global order
-            labels[k] = np.asarray(corpus.transcribed_batch(np.arange(n), train=False, render=False)["labels"][k])
-        return np.concatenate(feats), labels
-
-    def _sorting_accuracy(self, params, n: int) -> float:
-        correct = total = 0
+    # Every figure for several parameter sets at once: each chunk of held-out videos is rendered once and
+    # encoded by every set (the final report compares trained, time attention off and random init).
+    def _sorting_and_test_features(self, param_sets: dict, n: int) -> tuple[dict, dict]:
+        """Sorting accuracy and video embeddings of the n 'test' transcribed videos (one pass per set)."""
+        correct = {k: 0 for k in param_sets}
+        feats = {k: [] for k in param_sets}
+        total = 0
         for idx in self._chunks(n):
             raw = self.test.transcribed_batch(idx, train=False)
             length = self.transcript_length
             texts = self._tokens([t for v in raw["transcripts"] for t in v], length).reshape(len(idx), -1, length)
-            logits = self.encoders.sort_logits(params, raw["frames"], texts)
-            pred = logits.argmax(-1)
-            correct += int((pred == np.arange(pred.shape[1])).sum())
+            for k, params in param_sets.items():
+                logits, video_emb = self.encoders.sort_logits_and_video_embedding(params, raw["frames"], texts)
+                pred = logits.argmax(-1)
+                correct[k] += int((pred == np.arange(pred.shape[1])).sum())
+                feats[k].append(video_emb)
             total += pred.size
-        return correct / total
+        return {k: c / total for k, c in correct.items()}, {k: np.concatenate(f) for k, f in feats.items()}
 
-    def _retrieval(self, params, n: int) -> tuple[dict, np.ndarray]:
-        video, text = [], []
+    def _video_features(self, param_sets: dict, corpus: SyntheticCorpus, n: int) -> dict:
+        feats = {k: [] for k in param_sets}
+        for idx in self._chunks(n):
+            frames = corpus.transcribed_batch(idx, train=False)["frames"]
+            for k, params in param_sets.items():
+                feats[k].append(self.encoders.video_embedding(params, frames))
+        return {k: np.concatenate(f) for k, f in feats.items()}
+
+    def _probe_labels(self, corpus: SyntheticCorpus, n: int) -> dict:
+        """Labels of every process's videos, in global order."""
+        labels = corpus.transcribed_batch(np.arange(n), train=False, render=False)["labels"]
+        return {k: np.asarray(labels[k]) for k in PROBE_LABELS}
+
+    def _retrieval(self, param_sets: dict, n: int) -> dict:
+        video, text = {k: [] for k in param_sets}, {k: [] for k in param_sets}
         for idx in self._chunks(n):
             raw = self.test.captioned_batch(idx, train=False)
-            video.append(self.encoders.video_embedding(params, raw["frames"]))
-            text.append(self.encoders.text_embedding(params, self._tokens(raw["captions"])))
-        video, text = np.concatenate(video), np.concatenate(text)
-        metrics = text_video_retrieval(text, video)
+            tokens = self._tokens(raw["captions"])
+            for k, params in param_sets.items():
+                video[k].append(self.encoders.video_embedding(params, raw["frames"]))
+                text[k].append(self.encoders.text_embedding(params, tokens))
         norm = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
-        return metrics, recall_at_k_curve(norm(text) @ norm(video).T)
+        out = {}
+        for k in param_sets:
+            v, t = np.concatenate(video[k]), np.concatenate(text[k])
+            out[k] = (text_video_retrieval(t, v), recall_at_k_curve(norm(t) @ norm(v).T))
+        return out
 
-    def _evaluate(self, params) -> tuple[dict[str, float], np.ndarray]:
+    def _evaluate(self, param_sets: dict) -> dict[str, tuple[dict[str, float], np.ndarray]]:
+        """{name: params} -> {name: (figures, t2v recall@K curve)}."""
         n = self.cfg.num_videos
-        out = {"sort_accuracy": self._sorting_accuracy(params, n)}
-        retrieval, curve = self._retrieval(params, n)
-        out.update({k: v for k, v in retrieval.items()})
-        train_x, train_y = self._video_features(params, self.val, self.cfg.num_probe_train)
-        test_x, test_y = self._video_features(params, self.test, n)
-        for label in PROBE_LABELS:
-            out[f"probe_{label}"] = linear_probe(train_x, train_y[label], test_x, test_y[label])["accuracy"]
-        return out, curve
+        sort_accuracy, test_x = self._sorting_and_test_features(param_sets, n)
+        retrieval = self._retrieval(param_sets, n)
+        train_x = self._video_features(param_sets, self.val, self.cfg.num_probe_train)
+        train_y, test_y = self._probe_labels(self.val, self.cfg.num_probe_train), self._probe_labels(self.test, n)
+        results = {}
+        for k in param_sets:
+            metrics, curve = retrieval[k]
+            out = {"sort_accuracy": sort_accuracy[k], **metrics}
+            for label in PROBE_LABELS:
+                out[f"probe_{label}"] = linear_probe(train_x[k], train_y[label], test_x[k], test_y[label])["accuracy"]
+            results[k] = (out, curve)
+        return results
 
     def chance(self) -> dict[str, float]:
         n = self.cfg.num_videos
@@ -111,24 +131,28 @@ class SyntheticHeldout(Evaluator):
         return out
 
     def compute(self, params, final: bool) -> dict[str, float]:
-        out, curve = self._evaluate(params)
-        if final:
-            out.update({f"chance/{k}": v for k, v in self.chance().items()})
-        curves = {"trained": curve}
+        param_sets = {"trained": params}
         if final and self.cfg.get("compare_without_time_attention", False):
             from tvts.models.tvtsv2 import without_time_attention
 
-            ablated, _ = self._evaluate(without_time_attention(params))
-            out.update({f"no_time_attn/{k}": v for k, v in ablated.items()})
+            param_sets["no_time_attn"] = without_time_attention(params)
         if final and self.cfg.compare_with_init:
             from tvts.train import random_params
 
-            init, init_curve = self._evaluate(random_params(self.setup))
-            out.update({f"init/{k}": v for k, v in init.items()})
-            curves["random init"] = init_curve
+            param_sets["init"] = random_params(self.setup)
+        results = self._evaluate(param_sets)
+        out = dict(results["trained"][0])
+        for k, (figures, _) in results.items():
+            if k != "trained":
+                out.update({f"{k}/{name}": v for name, v in figures.items()})
+        if final:
+            out.update({f"chance/{k}": v for k, v in self.chance().items()})
         if final and self.output_dir:
             from tvts.evaluators.plots import plot_recall_curves
 
+            curves = {"trained": results["trained"][1]}
+            if "init" in results:
+                curves["random init"] = results["init"][1]
             plot_recall_curves(curves, os.path.join(self.output_dir, f"{self.name}_t2v_recall.png"),
                                title=f"text->video recall@K, {self.cfg.num_videos} held-out synthetic videos")
         return out
