@@ -79,7 +79,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         groups={"new": 2e-3, "clip": 2e-3, "text": 1e-3} if tiny else {"new": 1e-4, "clip": 1e-7},
         # empty: tvts.optim.published_rules(temporal_embedding_group, freeze_text_embeddings)
         rules=TINY_RULES if tiny else (),
-        group_start={"text": 0.7} if tiny else {},  # fraction of training before a group's lr leaves 0
+        group_start={"text": 0.7} if tiny else {},  # fraction of training before a group starts (held until then)
         # switches of the published rules (rules=()):
         temporal_embedding_group="clip",  # the published quirk; 'new' gives it the new-parameter lr
         freeze_text_embeddings=False,

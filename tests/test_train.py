@@ -5,6 +5,7 @@ import os
 import jax
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from tvts import optim, sharding, train
@@ -66,25 +67,76 @@ def test_frozen_blocks_are_bit_identical_and_hold_no_optimizer_state():
     assert n_moments == 2 * (n_total - n_frozen)  # Adam mu + nu for the trainable parameters only
 
 
-def test_a_delayed_group_stays_bit_identical_until_its_start():
-    config = tiny_config(**{"total_steps": 4})
+def delayed_text_setup(total_steps=4, text_start=0.5):
+    config = tiny_config(total_steps=total_steps)
     with config.unlocked():
-        config.optim.group_start = {"text": 0.5}
-    setup = one_device_setup(config)
+        config.optim.group_start = {"text": text_start}
+    return one_device_setup(config)
+
+
+def test_a_delayed_group_is_held_until_its_start_then_starts_as_a_fresh_adamw():
+    setup = delayed_text_setup()  # the text group starts at update int(0.5 * 4) = 2
+    config = setup.config
     state = train.init_state(setup, jax.random.key(0))
     step = train.make_train_step(setup, "transcribed")
     batch = sharding.global_batch(batch_for(config), setup.mesh)
-    history = [jax.device_get(state["params"])]
-    for i in range(3):
-        state, _ = step(state, batch, jax.random.key(i))
-        history.append(jax.device_get(state["params"]))
+    initial = jax.device_get(state)
+    for update in range(2):
+        state, _ = step(state, batch, jax.random.key(update), update=update)
+    held = jax.device_get(state)
+    text_moments = lambda s: [x for p, x in jax.tree_util.tree_leaves_with_path(s["opt_state"])
+                              if "'text'" in jax.tree_util.keystr(p)]
+    for a, b in zip(jax.tree.leaves(initial["params"]["text"]), jax.tree.leaves(held["params"]["text"])):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(text_moments(initial), text_moments(held)):  # moments and step count untouched
+        np.testing.assert_array_equal(a, b)
+    assert max(np.abs(a - b).max() for a, b in zip(jax.tree.leaves(initial["params"]["video"]),
+                                                   jax.tree.leaves(held["params"]["video"]))) > 0
 
-    def moved(a, b, tower):
-        return max(np.abs(x - y).max() for x, y in zip(jax.tree.leaves(a[tower]), jax.tree.leaves(b[tower])))
+    # Update 2, the group's first: an AdamW created now, fed this update's gradient, gives the same parameters.
+    group = {"text": {k: v for k, v in held["params"]["text"].items() if k != "frozen_blocks"}}
+    keep = train.random_keep(jax.random.fold_in(jax.random.key(2), 2), batch["video"].shape[0],
+                             setup.model.variant.video.num_patches, setup.mask_ratio)
+    grads = jax.grad(lambda p: train.compute_losses(p, setup.model, batch, keep, config.loss)[0])(held["params"])
+    o = config.optim
+    decay_mask = jax.tree_util.tree_map_with_path(lambda p, _: optim.decays(optim.path_str(p), o.no_decay), group)
+    fresh = optax.adamw(o.groups["text"], b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=decay_mask)
+    group_grads = {"text": {k: grads["text"][k] for k in group["text"]}}
+    updates, _ = fresh.update(group_grads, fresh.init(group), group)
+    want = optax.apply_updates(group, updates)
+    state, _ = step(state, batch, jax.random.key(2), update=2)
+    got = jax.device_get(state["params"])
+    for (path, w), g in zip(jax.tree_util.tree_leaves_with_path(want), jax.tree.leaves(
+            {"text": {k: got["text"][k] for k in group["text"]}})):
+        # a first AdamW step moves each weight by about lr; 1% of lr tells a fresh start from a warm one
+        np.testing.assert_allclose(g, w, rtol=0, atol=0.01 * o.groups["text"], err_msg=jax.tree_util.keystr(path))
 
-    assert moved(history[0], history[2], "text") == 0  # updates 0 and 1: lr 0, no weight decay either
-    assert moved(history[0], history[1], "video") > 0
-    assert moved(history[2], history[3], "text") > 0  # update 2 = int(0.5 * 4): the group starts
+
+def test_phases_follow_the_group_starts_and_the_contrastive_start():
+    setup = delayed_text_setup(total_steps=10)
+    with setup.config.unlocked():
+        setup.config.loss.transcribed_contrastive_start = 0.3
+    phases = [train.phase_of(setup, u) for u in range(10)]
+    assert [p.waiting for p in phases] == [frozenset({"text"})] * 5 + [frozenset()] * 5
+    assert [p.transcribed_weight for p in phases] == [0.0] * 3 + [1.0] * 7
+
+
+def test_a_waiting_group_costs_what_a_frozen_one_does():
+    """Before its start a group gets no backward pass: the program's FLOPs are those of a run that freezes it by rule."""
+    setup = delayed_text_setup()
+    frozen_rules = [(r"^text/", None)] + [r for r in train.optimizer_rules(setup.config) if not r[0].startswith("^text")]
+    frozen = one_device_setup(tiny_config(**{"optim.rules": tuple(frozen_rules)}))
+    batch = sharding.global_batch(batch_for(setup.config), setup.mesh)
+
+    def flops(s, update):
+        state = train.init_state(s, jax.random.key(0))
+        program = train.make_train_step(s, "transcribed").jitted_for(update)
+        cost = program.lower(state, batch, jax.random.key(0)).compile().cost_analysis()
+        return (cost[0] if isinstance(cost, list) else cost)["flops"]
+
+    waiting, started, by_rule = flops(setup, 0), flops(setup, 3), flops(frozen, 0)
+    assert waiting < 0.95 * started
+    assert abs(waiting - by_rule) <= 0.02 * by_rule
 
 
 def test_transcribed_contrastive_term_joins_at_its_start():

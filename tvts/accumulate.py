@@ -55,11 +55,12 @@ def accumulated_grads(trainable: Any, frozen: Any, model, batch: dict, keep: jax
         transcribed_weight = loss_cfg.transcribed_contrastive_weight
     c_weight = transcribed_weight if with_sort else 1.0
     g_video, g_text = (split_microbatches(c_weight * g, num_micro) for g in (g_video, g_text))
+    with_contrastive = bool(c_weight)  # a Python number: at 0 the term's backward pass is left out
 
     def surrogate(trainable, i):
         mk = None if micro_keep is None else micro_keep[i]
         v, t, sort_logits = forward(trainable, jax.tree.map(lambda a: a[i], micro), mk)
-        value = jnp.sum(v * g_video[i]) + jnp.sum(t * g_text[i])
+        value = jnp.sum(v * g_video[i]) + jnp.sum(t * g_text[i]) if with_contrastive else jnp.zeros(())
         sort_loss = sort_acc = jnp.zeros(())
         if with_sort:
             sort_loss, sort_acc = losses.sorting_loss(sort_logits)

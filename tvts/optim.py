@@ -8,11 +8,13 @@ gradient, no update and no optimizer state.
 """
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, Mapping, Sequence
 
 import flax.traverse_util as traverse_util
 import jax
+import jax.numpy as jnp
 import optax
 
 Rule = tuple[str, str | None]
@@ -89,6 +91,12 @@ def partition(params: Any, labels: Any) -> tuple[Any, Any]:
     return traverse_util.unflatten_dict(trainable), traverse_util.unflatten_dict(frozen)
 
 
+def without_groups(labels: Any, groups: frozenset[str]) -> Any:
+    """`labels` with the parameters of `groups` marked frozen (None)."""
+    flat = traverse_util.flatten_dict(labels)
+    return traverse_util.unflatten_dict({k: None if g in groups else g for k, g in flat.items()})
+
+
 def merge(trainable: Any, frozen: Any) -> Any:
     return traverse_util.unflatten_dict({**traverse_util.flatten_dict(trainable),
                                          **traverse_util.flatten_dict(frozen)})
@@ -118,27 +126,46 @@ def make_schedule(base_lr: float, kind: str, total_steps: int, warmup_steps: int
     return sched
 
 
+def group_start_updates(cfg: Any, groups, total_steps: int) -> dict[str, int]:
+    """The update at which each of `groups` starts (`cfg.group_start`, a fraction of training; 0: at once)."""
+    return {g: int(cfg.group_start.get(g, 0.0) * total_steps) for g in groups}
+
+
 def decays(name: str, no_decay: str) -> bool:
     return re.search(no_decay, name) is None
 
 
-def make_optimizer(cfg: Any, labels: Any, total_steps: int) -> tuple[optax.GradientTransformation,
-                                                                     dict[str, optax.Schedule]]:
+def held(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+    """`inner`'s state, kept as it is: zero updates, and `inner` is not run (its step count does not advance)."""
+    return optax.GradientTransformation(inner.init, lambda updates, state, params=None: (
+        jax.tree.map(jnp.zeros_like, updates), state))
+
+
+def make_optimizer(cfg: Any, labels: Any, total_steps: int, waiting: frozenset[str] = frozenset()
+                   ) -> tuple[optax.GradientTransformation, dict[str, optax.Schedule]]:
     """AdamW per learning-rate group over the trainable parameters only.
 
     cfg: the config's `optim` block (groups, group_start, schedule, warmup_steps, decay_at, decay_factor, b1, b2,
-         eps, weight_decay, no_decay). labels: `assign_groups` output. A group named in `group_start` has learning
-         rate 0 (no update, no weight decay) before that fraction of `total_steps`.
+         eps, weight_decay, no_decay). labels: `assign_groups` output.
+
+    A group named in `group_start` starts at that fraction of `total_steps` as if its optimizer were created
+    then: until it starts the train step passes it in `waiting`, which holds its state (no update, no weight
+    decay, no step counted); from its start its AdamW counts its own steps and its schedule runs over the
+    updates that remain. Returns the transformation and each group's learning rate by global update (0
+    before the group's start), for logging.
     """
     trainable_labels, _ = partition(labels, labels)
     present = sorted(set(jax.tree.leaves(trainable_labels)))
-    start = {g: int(cfg.group_start.get(g, 0.0) * total_steps) for g in present}
-    schedules = {g: make_schedule(cfg.groups[g], cfg.schedule, total_steps, cfg.warmup_steps, cfg.decay_at,
-                                  cfg.decay_factor, start[g]) for g in present}
+    start = group_start_updates(cfg, present, total_steps)
+    schedule = functools.partial(make_schedule, kind=cfg.schedule, warmup_steps=cfg.warmup_steps,
+                                 decay_at=cfg.decay_at, decay_factor=cfg.decay_factor)
+    own = {g: schedule(cfg.groups[g], total_steps=max(total_steps - start[g], 1)) for g in present}
+    schedules = {g: schedule(cfg.groups[g], total_steps=total_steps, start_step=start[g]) for g in present}
 
     def wd_mask(params):
         return jax.tree_util.tree_map_with_path(lambda p, _: decays(path_str(p), cfg.no_decay), params)
 
-    transforms = {g: optax.adamw(schedules[g], b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
+    transforms = {g: optax.adamw(own[g], b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
                                  mask=wd_mask) for g in present}
+    transforms = {g: held(t) if g in waiting else t for g, t in transforms.items()}
     return optax.multi_transform(transforms, trainable_labels), schedules

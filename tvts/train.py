@@ -68,7 +68,7 @@ class Setup:
     mesh: jax.sharding.Mesh
     rules: tuple
     labels: Any  # parameter -> group name or None (frozen)
-    tx: optax.GradientTransformation
+    tx: optax.GradientTransformation  # every group started; each phase's step builds its own (same state)
     schedules: dict[str, optax.Schedule]
     abstract_state: Any
     state_sharding: Any
@@ -158,12 +158,13 @@ def random_params(setup: Setup) -> Any:
 # ----------------------------------------------------------------------------------------------
 # The train step
 # ----------------------------------------------------------------------------------------------
-def compute_losses(params, model: TVTSv2, batch, keep, loss_cfg, transcribed_weight=None
+def compute_losses(params, model: TVTSv2, batch, keep, loss_cfg, transcribed_weight: float | None = None
                    ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """batch: video uint8 [B, T, H, W, 3], texts int32 [B, n, L]; n > 1 adds the sorting loss.
 
     transcribed_weight: the contrastive term's weight on a transcribed batch (default
     loss_cfg.transcribed_contrastive_weight; the train step passes 0 before loss_cfg.transcribed_contrastive_start).
+    A Python number: at 0 the term is left out of the loss, so its backward pass is not compiled.
     """
     if transcribed_weight is None:
         transcribed_weight = loss_cfg.transcribed_contrastive_weight
@@ -174,59 +175,99 @@ def compute_losses(params, model: TVTSv2, batch, keep, loss_cfg, transcribed_wei
     total = contrastive
     if "sort_logits" in out:
         sort_loss, sort_acc = losses.sorting_loss(out["sort_logits"])
-        total = transcribed_weight * contrastive + loss_cfg.sort_weight * sort_loss
+        total = loss_cfg.sort_weight * sort_loss
+        if transcribed_weight:
+            total = total + transcribed_weight * contrastive
         metrics.update(sort_loss=sort_loss, sort_accuracy=sort_acc)
     metrics["loss"] = total
     return total, metrics
 
 
-def make_train_step(setup: Setup, kind: str) -> Callable:
-    """A jitted (state, batch, rng) -> (state, metrics) for one source; the state is donated.
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """What changes during training, as seen by one update: the groups that have not started yet
+    (`optim.group_start`) and the weight of the contrastive term on transcribed batches (1 on captioned ones,
+    which have no other term)."""
 
-    A non-finite loss or gradient skips the update and records the step in state['nonfinite_step'], so the state
-    (and any checkpoint of it) is never poisoned; the host loop stops on it.
+    waiting: frozenset[str]
+    transcribed_weight: float
+
+
+def phase_of(setup: Setup, update: int, kind: str = "transcribed") -> Phase:
+    cfg = setup.config
+    starts = optim.group_start_updates(cfg.optim, setup.schedules.keys(), total_updates(cfg))
+    contrastive_start = int(cfg.loss.transcribed_contrastive_start * total_updates(cfg))
+    weight = 1.0
+    if kind == "transcribed":
+        weight = cfg.loss.transcribed_contrastive_weight if update >= contrastive_start else 0.0
+    return Phase(frozenset(g for g, start in starts.items() if update < start), weight)
+
+
+def make_train_step(setup: Setup, kind: str) -> Callable:
+    """(state, batch, rng, update=None) -> (state, metrics) for one source; the state is donated.
+
+    Each phase of training (`Phase`) has its own compiled program, chosen by the update's index (`update`; read
+    from the state when not given, which waits for the previous update). A group that has not started yet
+    (`optim.group_start`) is held like a frozen one: no backward pass runs through it and its optimizer state is
+    kept as it is (`optim.make_optimizer`). A non-finite loss or gradient skips the update and records the step in
+    state['nonfinite_step'], so the state (and any checkpoint of it) is never poisoned; the host loop stops on it.
     """
     model, cfg = setup.model, setup.config
     patches = model.variant.video.num_patches
     grad_accum = cfg.grad_accum_steps
-    contrastive_start = int(cfg.loss.transcribed_contrastive_start * total_updates(cfg))
-
-    def step(state, batch, rng):
-        rng = jax.random.fold_in(rng, state["step"])
-        keep = random_keep(rng, batch["video"].shape[0], patches, setup.mask_ratio)
-        trainable, frozen = optim.partition(state["params"], setup.labels)
-        weight = jnp.where(state["step"] >= contrastive_start, cfg.loss.transcribed_contrastive_weight, 0.0)
-
-        def loss_fn(trainable):
-            return compute_losses(optim.merge(trainable, frozen), model, batch, keep, cfg.loss, weight)
-
-        if grad_accum > 1:
-            (_, metrics), grads = accumulated_grads(trainable, frozen, model, batch, keep, cfg.loss, grad_accum,
-                                                    weight)
-        else:
-            (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
-        grad_norm = optax.tree.norm(grads)
-        updates, opt_state = setup.tx.update(grads, state["opt_state"], trainable)
-        new = {"step": state["step"] + 1, "params": optim.merge(optax.apply_updates(trainable, updates), frozen),
-               "opt_state": opt_state, "nonfinite_step": state["nonfinite_step"]}
-        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
-        new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
-        new["step"] = state["step"] + 1
-        new["nonfinite_step"] = jnp.where(finite | (state["nonfinite_step"] >= 0), state["nonfinite_step"],
-                                          state["step"])
-        metrics["grad_norm"] = grad_norm
-        return new, metrics
-
-    step.__name__ = f"train_step_{kind}"  # names the compiled program in profiles and HLO dumps
     batch_sharding = {"video": sharding.batch_sharding(setup.mesh, 5), "texts": sharding.batch_sharding(setup.mesh, 3)}
-    jitted = jax.jit(step, in_shardings=(setup.state_sharding, batch_sharding, None),
-                     out_shardings=(setup.state_sharding, None), donate_argnums=0)
+    programs: dict[Phase, Callable] = {}
 
-    def run(state, batch, rng):
+    def build(phase: Phase) -> Callable:
+        differentiated = optim.without_groups(setup.labels, phase.waiting)
+        tx, _ = optim.make_optimizer(cfg.optim, setup.labels, total_updates(cfg), phase.waiting)
+
+        def step(state, batch, rng):
+            rng = jax.random.fold_in(rng, state["step"])
+            keep = random_keep(rng, batch["video"].shape[0], patches, setup.mask_ratio)
+            trainable, frozen = optim.partition(state["params"], setup.labels)
+            active, waiting = optim.partition(trainable, differentiated)
+            fixed = optim.merge(waiting, frozen)  # no gradient this phase
+
+            def loss_fn(active):
+                return compute_losses(optim.merge(active, fixed), model, batch, keep, cfg.loss,
+                                      phase.transcribed_weight)
+
+            if grad_accum > 1:
+                (_, metrics), grads = accumulated_grads(active, fixed, model, batch, keep, cfg.loss, grad_accum,
+                                                        phase.transcribed_weight)
+            else:
+                (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(active)
+            grads = optim.merge(grads, jax.tree.map(jnp.zeros_like, waiting))
+            grad_norm = optax.tree.norm(grads)
+            updates, opt_state = tx.update(grads, state["opt_state"], trainable)
+            new = {"step": state["step"] + 1,
+                   "params": optim.merge(optax.apply_updates(trainable, updates), frozen),
+                   "opt_state": opt_state, "nonfinite_step": state["nonfinite_step"]}
+            finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+            new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+            new["step"] = state["step"] + 1
+            new["nonfinite_step"] = jnp.where(finite | (state["nonfinite_step"] >= 0), state["nonfinite_step"],
+                                              state["step"])
+            metrics["grad_norm"] = grad_norm
+            return new, metrics
+
+        step.__name__ = f"train_step_{kind}"  # names the compiled program in profiles and HLO dumps
+        return jax.jit(step, in_shardings=(setup.state_sharding, batch_sharding, None),
+                       out_shardings=(setup.state_sharding, None), donate_argnums=0)
+
+    def jitted_for(update: int) -> Callable:
+        phase = phase_of(setup, update, kind)
+        if phase not in programs:
+            programs[phase] = build(phase)
+        return programs[phase]
+
+    def run(state, batch, rng, update: int | None = None):
+        program = jitted_for(int(state["step"]) if update is None else update)
         with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
-            return jitted(state, batch, rng)
+            return program(state, batch, rng)
 
-    run.jitted = jitted
+    run.jitted_for = jitted_for
     return run
 
 
@@ -297,8 +338,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
             if iteration >= config.total_steps:
                 break
             metrics = {}
-            for kind, step in steps.items():
-                state, m = step(state, sharding.global_batch(local[kind], setup.mesh), step_rng)
+            for position, (kind, step) in enumerate(steps.items()):
+                state, m = step(state, sharding.global_batch(local[kind], setup.mesh), step_rng,
+                                update=iteration * len(steps) + position)
                 metrics.update({f"{kind}/{k}": v for k, v in m.items()})
             done = iteration + 1
             clips_since_log += clips_per_iteration
