@@ -1,12 +1,15 @@
 """Train-step time of config variants, measured in one run (ratios are what to quote).
 
-    python tools/bench_step.py [--variant tiny] [--steps 20] [--rounds 3] [--out step_times.json]
+    python tools/bench_step.py [--variant tiny] [--source transcribed|captioned] [--steps 20] [--rounds 3]
+        [--out step_times.json]
 
 Cases: the default step; text embeddings frozen too (no backward pass through the frozen text
 blocks at all); tube-mask ratios 0 / 0.5 / 0.75 (compute falls with the number of kept patches);
 transcripts padded to the full context length instead of `data.transcript_length`; and the default
 step on the system allocator instead of mimalloc (tvts/allocator.py), timed in a worker process
-started with TVTS_ALLOCATOR=system. Each case compiles once, runs `--warmup` steps, then times
+started with TVTS_ALLOCATOR=system. These use the published parameter groups, all training from the first
+update. For a recipe with delayed groups (tiny's text tower, `optim.group_start`), also its own rules at
+its first update (the delayed groups held: no backward pass through them) and at its last. Each case compiles once, runs `--warmup` steps, then times
 `--steps` steps; the cases are run in interleaved rounds so that machine noise hits them alike.
 Prints a table and writes JSON.
 """
@@ -40,26 +43,30 @@ CASES = {
     "transcripts at context": {"data.transcript_length": -1},
 }
 SYSTEM_ALLOCATOR = "system allocator (glibc malloc)"
+# The variant's own recipe (its rules and optim.group_start), timed at its first and last update: before and
+# after its delayed groups start (tvts.train.phase_of). Only for recipes with delayed groups (tiny).
+RECIPE_CASES = {"recipe, delayed groups held (update 0)": 0, "recipe, every group started (last update)": -1}
 
 
-def make_config(variant: str, overrides: dict):
+def make_config(variant: str, overrides: dict, recipe: bool = False):
     config = load_config(f"configs/pretrain.py:variant={variant},eval=False")
-    # the published groups (the switches below act on them), every group training from step 0
-    published = {"optim.rules": (), "optim.group_start": {}}
+    # the published groups (the switches below act on them) and losses, every group and term from update 0
+    published = {} if recipe else {"optim.rules": (), "optim.group_start": {}, "loss.transcribed_contrastive_start": 0.0}
     return apply_overrides(config, {"model.mask_ratio": 0.5, **published, **overrides})
 
 
 class InProcess:
     """One case's compiled step, state and batch; `time(n)` runs n steps and returns seconds per step."""
 
-    def __init__(self, variant: str, overrides: dict, warmup: int):
-        config = make_config(variant, overrides)
+    def __init__(self, variant: str, overrides: dict, warmup: int, source: str = "transcribed",
+                 recipe: bool = False, update: int = 0):
+        config = make_config(variant, overrides, recipe)
         setup = train.make_setup(config)
         self.state = train.init_state(setup, jax.random.key(0))
-        self.step = train.make_train_step(setup, "transcribed")
-        source = make_sources(config.data, setup.model.variant.video.image_size, config.model.num_frames)
-        self.batch = sharding.global_batch(source["transcribed"].batch(0), setup.mesh)
-        self.update = 0
+        self.step = train.make_train_step(setup, source)
+        sources = make_sources(config.data, setup.model.variant.video.image_size, config.model.num_frames)
+        self.batch = sharding.global_batch(sources[source].batch(0), setup.mesh)
+        self.update = update if update >= 0 else train.total_updates(config) + update
         self.time(warmup)
 
     def time(self, steps: int) -> float:
@@ -74,11 +81,11 @@ class InProcess:
 class SystemAllocatorWorker:
     """The default case in a child process on the system allocator, driven line by line over a pipe."""
 
-    def __init__(self, variant: str, warmup: int):
+    def __init__(self, variant: str, warmup: int, source: str):
         env = {**os.environ, allocator.OPT_OUT: "system"}
         env.pop("LD_PRELOAD", None)
         self.proc = subprocess.Popen([sys.executable, __file__, "--worker", "--variant", variant,
-                                      "--warmup", str(warmup)], env=env, stdin=subprocess.PIPE,
+                                      "--warmup", str(warmup), "--source", source], env=env, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True)
         if self._read() != "ready":
             raise RuntimeError("the system-allocator worker did not start")
@@ -101,7 +108,7 @@ class SystemAllocatorWorker:
 
 def worker(args):
     """--worker: compile the default case, then answer each line N on stdin with seconds per step of N steps."""
-    run = InProcess(args.variant, {}, args.warmup)
+    run = InProcess(args.variant, {}, args.warmup, args.source)
     print("ready", flush=True)
     for line in sys.stdin:
         print(run.time(int(line)), flush=True)
@@ -113,6 +120,7 @@ def main():
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--source", default="transcribed", choices=("transcribed", "captioned"))
     parser.add_argument("--out", default="step_times.json")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -122,10 +130,13 @@ def main():
     runs = {}
     for name, overrides in CASES.items():
         t0 = time.perf_counter()
-        runs[name] = InProcess(args.variant, overrides, args.warmup)
+        runs[name] = InProcess(args.variant, overrides, args.warmup, args.source)
         print(f"{name}: compiled and warmed up in {time.perf_counter() - t0:.1f}s", flush=True)
+    if make_config(args.variant, {}, recipe=True).optim.group_start:
+        for name, update in RECIPE_CASES.items():
+            runs[name] = InProcess(args.variant, {}, args.warmup, args.source, recipe=True, update=update)
     if allocator.mimalloc_loaded():
-        runs[SYSTEM_ALLOCATOR] = SystemAllocatorWorker(args.variant, args.warmup)
+        runs[SYSTEM_ALLOCATOR] = SystemAllocatorWorker(args.variant, args.warmup, args.source)
     else:
         print("mimalloc is not loaded here: no system-allocator comparison", flush=True)
 
@@ -139,13 +150,13 @@ def main():
 
     base = statistics.median(times[DEFAULT])
     results = {}
-    print(f"\n{'case':<34}{'median step (ms)':>18}{'vs default':>12}")
+    print(f"\n{'case':<44}{'median step (ms)':>18}{'vs default':>12}")
     for name, ts in times.items():
         med = statistics.median(ts)
         results[name] = {"median_step_s": med, "all_rounds_s": ts, "ratio_to_default": med / base}
-        print(f"{name:<34}{1000 * med:>18.1f}{med / base:>12.2f}")
+        print(f"{name:<44}{1000 * med:>18.1f}{med / base:>12.2f}")
     with open(args.out, "w") as f:
-        json.dump({"variant": args.variant, "steps_per_round": args.steps, "devices": jax.device_count(),
+        json.dump({"variant": args.variant, "source": args.source, "steps_per_round": args.steps, "devices": jax.device_count(),
                    "allocator": "mimalloc" if allocator.mimalloc_loaded() else "system", "cases": results},
                   f, indent=1)
     print(f"wrote {args.out}")

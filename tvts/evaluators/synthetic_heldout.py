@@ -125,7 +125,7 @@ class SyntheticHeldout(Evaluator):
         out = {"sort_accuracy": 1.0 / self.test.config.num_clips}
         for direction in ("t2v", "v2t"):
             out.update({f"{direction}/{k}": v for k, v in chance_metrics(n).items()})
-        labels = self.test.transcribed_batch(np.arange(n), train=False, render=False)["labels"]
+        labels = self._probe_labels(self.test, n)
         for label in PROBE_LABELS:
             out[f"probe_{label}"] = 100.0 * np.bincount(labels[label]).max() / n
         return out
