@@ -119,9 +119,10 @@ def new_state(params, *, tx, labels) -> dict[str, Any]:
             "nonfinite_step": jnp.full((), -1, jnp.int32)}
 
 
-# The random init runs once, and at full optimisation XLA took 7.9 s to compile its ~15k lines of RNG code
-# for the tiny model (1.9 s at level 0). Level 0 changes float rounding only: values agree to 5e-7.
-INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
+# The random init runs once, and at full optimisation XLA:CPU took 7.9 s to compile its ~15k lines of RNG code
+# for the tiny model (1.9 s at level 0). Level 0 changes float rounding only: values agree to 5e-7. The option is
+# XLA:CPU's; other backends compile the init with their defaults.
+CPU_INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 
 
 def random_init(setup: Setup, rng: jax.Array) -> Any:
@@ -131,8 +132,9 @@ def random_init(setup: Setup, rng: jax.Array) -> Any:
             return nn.unbox(init_params(setup.model, rng, setup.config.model.time_init))
 
         with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
+            options = CPU_INIT_COMPILER_OPTIONS if jax.default_backend() == "cpu" else {}
             setup.compiled["random_init"] = jax.jit(create, out_shardings=setup.params_sharding).lower(
-                rng).compile(compiler_options=INIT_COMPILER_OPTIONS)
+                rng).compile(compiler_options=options)
     return setup.compiled["random_init"](rng)
 
 
