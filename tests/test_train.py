@@ -170,6 +170,20 @@ def test_resumed_run_gives_the_same_losses_as_an_uninterrupted_one(tmp_path):
     assert straight[3]["transcribed/loss"] != straight[1]["transcribed/loss"]
 
 
+def test_each_launch_records_its_config_and_a_changed_one_keeps_the_previous(tmp_path):
+    short, long = tiny_config(total_steps=1), tiny_config(total_steps=2)
+    assert train.record_config(short, str(tmp_path)) == []
+    assert train.record_config(short, str(tmp_path)) == []  # same config: nothing new kept
+    assert train.record_config(long, str(tmp_path)) == ["total_steps"]
+    with open(tmp_path / "config.json") as f:
+        recorded = json.load(f)
+    with open(tmp_path / "config.1.json") as f:
+        previous = json.load(f)
+    assert (recorded["total_steps"], previous["total_steps"]) == (2, 1)
+    assert recorded["optim"]["groups"] == dict(long.optim.groups) and recorded["seed"] == long.seed
+    assert sorted(os.listdir(tmp_path)) == ["config.1.json", "config.json"]
+
+
 def test_nonfinite_loss_stops_the_run_naming_the_step_and_skips_the_checkpoint(tmp_path):
     config = tiny_config(total_steps=4, checkpoint_every=1, **{"loss.sort_weight": float("nan")})
     with pytest.raises(FloatingPointError, match="non-finite loss or gradient at update 0"):

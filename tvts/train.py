@@ -22,6 +22,7 @@ import time
 from typing import Any, Callable
 
 import flax.linen as nn
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -280,6 +281,29 @@ def learning_rates(setup: Setup, update: int) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------------
 # Main loop
 # ----------------------------------------------------------------------------------------------
+def record_config(config, workdir: str) -> list[str]:
+    """Writes the launch's full config to workdir/config.json and returns the fields that changed since the
+    previous launch in this workdir. That launch's config is kept as config.<k>.json (k = 1, 2, ...), so a run
+    resumed with other values (more steps, say) still shows what each segment ran with."""
+    path = os.path.join(workdir, "config.json")
+    new = json.loads(config.to_json_best_effort(sort_keys=True))
+    changed = []
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        flat_old, flat_new = (traverse_util.flatten_dict(c, sep=".") for c in (old, new))
+        changed = sorted(k for k in flat_old.keys() | flat_new.keys() if flat_old.get(k) != flat_new.get(k))
+        if not changed:
+            return []
+        k = 1
+        while os.path.exists(os.path.join(workdir, f"config.{k}.json")):
+            k += 1
+        os.replace(path, os.path.join(workdir, f"config.{k}.json"))
+    with open(path, "w") as f:
+        json.dump(new, f, indent=1, sort_keys=True)
+    return changed
+
+
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     """Runs (or resumes) training in `workdir`; returns the final evaluation metrics."""
     from tqdm import tqdm
@@ -296,6 +320,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     os.makedirs(workdir, exist_ok=True)
     writer = MetricWriter(workdir, enabled=is_main)
     writer.text(f"{distributed.describe()}\nmesh {dict(setup.mesh.shape)}, mask ratio {setup.mask_ratio}")
+    if is_main:
+        changed = record_config(config, workdir)
+        if changed:
+            writer.text(f"config differs from this workdir's previous launch in {', '.join(changed)}")
 
     # --- State: newest checkpoint in workdir, then config.resume, then config.init, then scratch. ---
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
