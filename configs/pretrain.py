@@ -61,6 +61,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data = dict(
         name=args.data,
         sources=("transcribed", "captioned"),  # one update on each per iteration, as published
+        # fraction of the iterations before a source takes its update (until then its batches are not even made)
+        source_start=dict(transcribed=0.0, captioned=0.0),
         transcribed_batch=32 if tiny else 24 * 8,  # global batch per source
         captioned_batch=64 if tiny else 24 * 8,
         context_length=32 if tiny else 77,

@@ -157,6 +157,36 @@ def _metrics(workdir):
         return {r["step"]: r for r in map(json.loads, f)}
 
 
+def test_a_late_source_takes_no_update_until_its_start():
+    config = tiny_config(**{"total_steps": 10, "data.sources": ("transcribed", "captioned"),
+                            "data.source_start": {"transcribed": 0.3, "captioned": 0.0}, "optim.group_start": {"text": 0.5}})
+    # iterations 0-2: one captioned update each (updates 0-2); from iteration 3: transcribed, then captioned
+    assert [train.active_sources(config, i) for i in (0, 2, 3)] == [("captioned",), ("captioned",),
+                                                                    ("transcribed", "captioned")]
+    assert [train.update_index(config, i) for i in (0, 3, 4, 10)] == [0, 3, 5, 17]
+    assert (train.update_index(config, 3, "transcribed"), train.update_index(config, 3, "captioned")) == (3, 4)
+    assert train.total_updates(config) == 17
+    assert [train.iteration_of_update(config, u) for u in (0, 2, 3, 4, 5, 16)] == [0, 2, 3, 3, 4, 9]
+    setup = one_device_setup(config)
+    # the text group starts at iteration 5 = update 3 + 2 * 2
+    assert [train.phase_of(setup, u).waiting for u in (6, 7)] == [frozenset({"text"}), frozenset()]
+
+
+def test_the_trainer_skips_a_late_source_and_counts_its_updates(tmp_path):
+    config = tiny_config(**{"total_steps": 4, "data.sources": ("transcribed", "captioned"),
+                            "data.source_start": {"transcribed": 0.5, "captioned": 0.0},
+                            "optim.schedule": "warmup_cosine"})
+    train.train_and_evaluate(config, str(tmp_path))
+    rows = _metrics(tmp_path)
+    assert [any(k.startswith("transcribed/") for k in rows[i]) for i in (1, 2, 3, 4)] == [False, False, True, True]
+    assert all("captioned/loss" in rows[i] for i in (1, 2, 3, 4))
+    # the learning rates logged after the third iteration are read at the state's update count, 1 + 1 + 2 = 4 of
+    # 6 updates: 1 warmup update, then 3 of the 5 cosine ones (counting 2 updates per iteration would give 6: lr 0)
+    schedules = one_device_setup(config).schedules
+    assert {g: rows[3][f"lr/{g}"] for g in schedules} == pytest.approx(
+        {g: 0.5 * (1 + np.cos(np.pi * 3 / 5)) * config.optim.groups[g] for g in schedules}, rel=1e-5)
+
+
 def test_resumed_run_gives_the_same_losses_as_an_uninterrupted_one(tmp_path):
     config = tiny_config(total_steps=4, checkpoint_every=2)
     train.train_and_evaluate(config, str(tmp_path / "straight"))
@@ -219,6 +249,9 @@ def test_transcribed_contrastive_weight_scales_only_the_transcribed_contrastive_
     ("optim.group_start", {"text": 1.0}, "group_start.text=1.0 must be a fraction"),
     ("loss.transcribed_contrastive_weight", -1.0, r"transcribed_contrastive_weight=-1.0 must be >= 0"),
     ("loss.transcribed_contrastive_start", 1.0, r"transcribed_contrastive_start=1.0 must be a fraction"),
+    ("data.source_start", {"transcribed": 1.0}, r"source_start.transcribed=1.0 must be a fraction"),
+    ("data.source_start", {"captioned": 0.2, "transcript": 0.0}, "source_start.transcript: unknown source"),
+    ("data.source_start", {"transcribed": 0.5, "captioned": 0.0}, "some source must start at 0"),  # one source here
 ])
 def test_bad_config_values_fail_before_allocation(field, value, message):
     config = tiny_config(**{field: value})

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import flax.traverse_util as traverse_util
 import jax
@@ -126,9 +126,10 @@ def make_schedule(base_lr: float, kind: str, total_steps: int, warmup_steps: int
     return sched
 
 
-def group_start_updates(cfg: Any, groups, total_steps: int) -> dict[str, int]:
-    """The update at which each of `groups` starts (`cfg.group_start`, a fraction of training; 0: at once)."""
-    return {g: int(cfg.group_start.get(g, 0.0) * total_steps) for g in groups}
+def group_start_updates(cfg: Any, groups, start_update: Callable[[float], int]) -> dict[str, int]:
+    """The update at which each of `groups` starts (`cfg.group_start`, a fraction of training mapped to an update
+    by `start_update`; 0: at once)."""
+    return {g: start_update(cfg.group_start.get(g, 0.0)) for g in groups}
 
 
 def decays(name: str, no_decay: str) -> bool:
@@ -141,22 +142,23 @@ def held(inner: optax.GradientTransformation) -> optax.GradientTransformation:
         jax.tree.map(jnp.zeros_like, updates), state))
 
 
-def make_optimizer(cfg: Any, labels: Any, total_steps: int, waiting: frozenset[str] = frozenset()
+def make_optimizer(cfg: Any, labels: Any, total_steps: int, waiting: frozenset[str] = frozenset(),
+                   start_update: Callable[[float], int] | None = None
                    ) -> tuple[optax.GradientTransformation, dict[str, optax.Schedule]]:
     """AdamW per learning-rate group over the trainable parameters only.
 
     cfg: the config's `optim` block (groups, group_start, schedule, warmup_steps, decay_at, decay_factor, b1, b2,
          eps, weight_decay, no_decay). labels: `assign_groups` output.
 
-    A group named in `group_start` starts at that fraction of `total_steps` as if its optimizer were created
-    then: until it starts the train step passes it in `waiting`, which holds its state (no update, no weight
+    A group named in `group_start` starts at that fraction of training (the update `start_update(fraction)`;
+    by default that fraction of `total_steps`) as if its optimizer were created then: until it starts the train step passes it in `waiting`, which holds its state (no update, no weight
     decay, no step counted); from its start its AdamW counts its own steps and its schedule runs over the
     updates that remain. Returns the transformation and each group's learning rate by global update (0
     before the group's start), for logging.
     """
     trainable_labels, _ = partition(labels, labels)
     present = sorted(set(jax.tree.leaves(trainable_labels)))
-    start = group_start_updates(cfg, present, total_steps)
+    start = group_start_updates(cfg, present, start_update or (lambda fraction: int(fraction * total_steps)))
     schedule = functools.partial(make_schedule, kind=cfg.schedule, warmup_steps=cfg.warmup_steps,
                                  decay_at=cfg.decay_at, decay_factor=cfg.decay_factor)
     own = {g: schedule(cfg.groups[g], total_steps=max(total_steps - start[g], 1)) for g in present}

@@ -14,6 +14,7 @@ if __name__ == "__main__":  # a program, not an import: move to mimalloc before 
 
     reexec_with_mimalloc()
 
+import bisect
 import dataclasses
 import functools
 import json
@@ -89,8 +90,35 @@ def optimizer_rules(config) -> list:
                                  has_frozen_text_blocks=variant.text.num_frozen > 0)
 
 
+def source_start_iterations(config) -> dict[str, int]:
+    """The iteration from which each source takes its update (`data.source_start`, a fraction of the iterations)."""
+    return {k: int(config.data.source_start.get(k, 0.0) * config.total_steps) for k in config.data.sources}
+
+
+def active_sources(config, iteration: int) -> tuple[str, ...]:
+    """The sources that take an update at `iteration`, in their update order."""
+    starts = source_start_iterations(config)
+    return tuple(k for k in config.data.sources if iteration >= starts[k])
+
+
+def update_index(config, iteration: int, kind: str | None = None) -> int:
+    """The global index of `iteration`'s first update, or of its `kind` update. Every iteration takes one update per
+    source that has started, so the index counts the updates of all iterations before."""
+    before = sum(max(iteration - start, 0) for start in source_start_iterations(config).values())
+    return before if kind is None else before + active_sources(config, iteration).index(kind)
+
+
+def iteration_of_update(config, update: int) -> int:
+    return bisect.bisect_right(range(config.total_steps + 1), update, key=lambda i: update_index(config, i)) - 1
+
+
+def start_update(config, fraction: float) -> int:
+    """The first update of the iteration at `fraction` of training (group_start, transcribed_contrastive_start)."""
+    return update_index(config, int(fraction * config.total_steps))
+
+
 def total_updates(config) -> int:
-    return config.total_steps * len(config.data.sources)
+    return update_index(config, config.total_steps)
 
 
 def make_setup(config, mesh: jax.sharding.Mesh | None = None) -> Setup:
@@ -106,7 +134,8 @@ def make_setup(config, mesh: jax.sharding.Mesh | None = None) -> Setup:
     abstract_params = nn.unbox(boxed)
     sharding.check_replication(abstract_params, params_sharding, mesh, config.max_replicated_fraction)
     labels = optim.assign_groups(abstract_params, optimizer_rules(config), config.optim.groups)
-    tx, schedules = optim.make_optimizer(config.optim, labels, total_updates(config))
+    tx, schedules = optim.make_optimizer(config.optim, labels, total_updates(config),
+                                         start_update=functools.partial(start_update, config))
     abstract_state = jax.eval_shape(functools.partial(new_state, tx=tx, labels=labels), abstract_params)
     state_sharding = sharding.state_shardings(abstract_state, params_sharding, mesh)
     state_sharding["params"] = params_sharding
@@ -198,8 +227,8 @@ class Phase:
 
 def phase_of(setup: Setup, update: int, kind: str = "transcribed") -> Phase:
     cfg = setup.config
-    starts = optim.group_start_updates(cfg.optim, setup.schedules.keys(), total_updates(cfg))
-    contrastive_start = int(cfg.loss.transcribed_contrastive_start * total_updates(cfg))
+    starts = optim.group_start_updates(cfg.optim, setup.schedules.keys(), functools.partial(start_update, cfg))
+    contrastive_start = start_update(cfg, cfg.loss.transcribed_contrastive_start)
     weight = 1.0
     if kind == "transcribed":
         weight = cfg.loss.transcribed_contrastive_weight if update >= contrastive_start else 0.0
@@ -223,7 +252,8 @@ def make_train_step(setup: Setup, kind: str) -> Callable:
 
     def build(phase: Phase) -> Callable:
         differentiated = optim.without_groups(setup.labels, phase.waiting)
-        tx, _ = optim.make_optimizer(cfg.optim, setup.labels, total_updates(cfg), phase.waiting)
+        tx, _ = optim.make_optimizer(cfg.optim, setup.labels, total_updates(cfg), phase.waiting,
+                                     functools.partial(start_update, cfg))
 
         def step(state, batch, rng):
             rng = jax.random.fold_in(rng, state["step"])
@@ -353,8 +383,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                            jax.process_index(), jax.process_count())
     steps = {kind: make_train_step(setup, kind) for kind in sources}
 
-    def load(iteration):
-        return {kind: src.batch(iteration) for kind, src in sources.items()}
+    def load(iteration):  # a source that has not started yet takes no update, so its batch is not made
+        return {kind: sources[kind].batch(iteration) for kind in active_sources(config, iteration)}
 
     evaluators = make_evaluators(config, setup, workdir if is_main else None)
     batches = Prefetcher(load, start_iteration)
@@ -362,18 +392,20 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     bar = tqdm(total=config.total_steps, initial=start_iteration, disable=not is_main, desc="train",
                dynamic_ncols=True)
     last_log, clips_since_log = time.perf_counter(), 0
-    clips_per_iteration = sum(config.data[f"{k}_batch"] for k in sources)
+    iterations_since_log = 0
     try:
         for iteration, local in batches:
             if iteration >= config.total_steps:
                 break
             metrics = {}
-            for position, (kind, step) in enumerate(steps.items()):
-                state, m = step(state, sharding.global_batch(local[kind], setup.mesh), step_rng,
-                                update=iteration * len(steps) + position)
+            first = update_index(config, iteration)
+            for position, kind in enumerate(local):
+                state, m = steps[kind](state, sharding.global_batch(local[kind], setup.mesh), step_rng,
+                                       update=first + position)
                 metrics.update({f"{kind}/{k}": v for k, v in m.items()})
+                clips_since_log += config.data[f"{kind}_batch"]
             done = iteration + 1
-            clips_since_log += clips_per_iteration
+            iterations_since_log += 1
             bar.update(1)
             is_log = done % config.log_every == 0 or done == config.total_steps
             is_ckpt = done % config.checkpoint_every == 0 or done == config.total_steps
@@ -381,15 +413,15 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                 bad = int(state["nonfinite_step"])
                 if bad >= 0:
                     raise FloatingPointError(f"non-finite loss or gradient at update {bad} (iteration "
-                                             f"{bad // len(steps)}); that update was skipped and no checkpoint "
+                                             f"{iteration_of_update(config, bad)}); that update was skipped and no checkpoint "
                                              f"was written after it. Last good checkpoint: {ckpt.latest_step()}")
             if is_log:
                 scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 elapsed = time.perf_counter() - last_log
                 scalars.update(learning_rates(setup, int(state["step"])))
                 scalars["clips_per_sec"] = clips_since_log / elapsed
-                scalars["step_time"] = elapsed / (clips_since_log / clips_per_iteration)
-                last_log, clips_since_log = time.perf_counter(), 0
+                scalars["step_time"] = elapsed / iterations_since_log
+                last_log, clips_since_log, iterations_since_log = time.perf_counter(), 0, 0
                 writer.scalars(done, scalars)
                 for k, v in scalars.items():
                     history.setdefault(k, []).append((done, v))
