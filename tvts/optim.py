@@ -151,9 +151,9 @@ def make_optimizer(cfg: Any, labels: Any, total_steps: int, waiting: frozenset[s
          eps, weight_decay, no_decay). labels: `assign_groups` output.
 
     A group named in `group_start` starts at that fraction of training (the update `start_update(fraction)`;
-    by default that fraction of `total_steps`) as if its optimizer were created then: until it starts the train step passes it in `waiting`, which holds its state (no update, no weight
-    decay, no step counted); from its start its AdamW counts its own steps and its schedule runs over the
-    updates that remain. Returns the transformation and each group's learning rate by global update (0
+    by default that fraction of `total_steps`) as if its optimizer were created then: until it starts the
+    train step passes it in `waiting`, which holds its state (no update, no weight decay, no step counted);
+    from its start its AdamW counts its own steps and its schedule runs over the updates that remain. Returns the transformation and each group's learning rate by global update (0
     before the group's start), for logging.
     """
     trainable_labels, _ = partition(labels, labels)
