@@ -12,7 +12,8 @@ def run_pair(workdir: Path, steps: int) -> str:
                "--", sys.executable, "-m", "tvts.train", "--config", "configs/pretrain.py:eval=False",
                "--workdir", str(workdir), f"--config.total_steps={steps}", "--config.log_every=1",
                "--config.checkpoint_every=2", "--config.model.num_frames=4", "--config.data.transcribed_batch=8",
-               "--config.data.sources=('transcribed',)", "--config.data.context_length=16",
+               "--config.data.sources=('transcribed',)",
+               "--config.data.source_start.transcribed=0.0", "--config.data.context_length=16",
                "--config.optim.schedule=constant", "--config.optim.warmup_steps=0"]
     proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

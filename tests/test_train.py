@@ -21,6 +21,7 @@ def tiny_config(**overrides):
         c.data.transcribed_batch = 8
         c.data.captioned_batch = 8
         c.data.sources = ("transcribed",)
+        c.data.source_start = ml_collections.ConfigDict(dict(transcribed=0.0, captioned=0.0))
         c.data.context_length = 16
         c.optim.schedule = "constant"
         c.optim.warmup_steps = 0
@@ -172,6 +173,14 @@ def test_a_late_source_takes_no_update_until_its_start():
     assert [train.phase_of(setup, u).waiting for u in (6, 7)] == [frozenset({"text"}), frozenset()]
 
 
+def test_the_tiny_demo_gives_captions_a_head_start_and_published_variants_do_not():
+    demo, published = load_config("configs/pretrain.py"), load_config("configs/pretrain.py:variant=B/16")
+    assert [train.active_sources(demo, i) for i in (0, 399, 400)] == [("captioned",), ("captioned",),
+                                                                      ("transcribed", "captioned")]
+    assert train.total_updates(demo) == 1600 + 1200
+    assert train.active_sources(published, 0) == ("transcribed", "captioned")
+
+
 def test_the_trainer_skips_a_late_source_and_counts_its_updates(tmp_path):
     config = tiny_config(**{"total_steps": 4, "data.sources": ("transcribed", "captioned"),
                             "data.source_start": {"transcribed": 0.5, "captioned": 0.0},
@@ -251,7 +260,8 @@ def test_transcribed_contrastive_weight_scales_only_the_transcribed_contrastive_
     ("loss.transcribed_contrastive_start", 1.0, r"transcribed_contrastive_start=1.0 must be a fraction"),
     ("data.source_start", {"transcribed": 1.0}, r"source_start.transcribed=1.0 must be a fraction"),
     ("data.source_start", {"captioned": 0.2, "transcript": 0.0}, "source_start.transcript: unknown source"),
-    ("data.source_start", {"transcribed": 0.5, "captioned": 0.0}, "some source must start at 0"),  # one source here
+    ("data.source_start", {"transcribed": 0.5, "captioned": 0.0},  # one source here
+     r"some source of data.sources=\('transcribed',\) must start at 0"),
 ])
 def test_bad_config_values_fail_before_allocation(field, value, message):
     config = tiny_config(**{field: value})

@@ -294,6 +294,7 @@ def build_config(variant: str, mesh: dict[str, int], global_batch: int, frames: 
         config.mesh = {"data": 1, "fsdp": 1, "tensor": 1, **mesh}
         config.data[f"{source}_batch"] = global_batch
         config.data.sources = (source,)
+        config.data.source_start = {"transcribed": 0.0, "captioned": 0.0}  # the one planned step from update 0
         if context_length is not None:
             config.data.context_length = context_length
         config.grad_accum_steps = grad_accum

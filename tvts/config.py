@@ -85,8 +85,9 @@ def validate(config: Any) -> None:
         if not 0.0 <= fraction < 1.0:
             raise ValueError(f"config.data.source_start.{name}={fraction} must be a fraction of training in [0, 1)")
     if all(config.data.source_start.get(k, 0.0) > 0 for k in config.data.sources):
-        raise ValueError(f"config.data.source_start={dict(config.data.source_start)}: some source must start at 0, "
-                         "or the first iterations would take no update")
+        raise ValueError(f"config.data.source_start={dict(config.data.source_start)}: some source of "
+                         f"data.sources={tuple(config.data.sources)} must start at 0, or the first iterations "
+                         "would take no update")
     if config.total_steps <= 0:
         raise ValueError(f"config.total_steps={config.total_steps} must be positive")
     for name in ("sort_weight", "transcribed_contrastive_weight"):
