@@ -87,7 +87,7 @@ def validate(config: Any) -> None:
     if all(config.data.source_start.get(k, 0.0) > 0 for k in config.data.sources):
         raise ValueError(f"config.data.source_start={dict(config.data.source_start)}: some source of "
                          f"data.sources={tuple(config.data.sources)} must start at 0, or the first iterations "
-                         "would take no update")
+                         f"would take no update (e.g. --config.data.source_start.{config.data.sources[0]}=0)")
     if config.total_steps <= 0:
         raise ValueError(f"config.total_steps={config.total_steps} must be positive")
     for name in ("sort_weight", "transcribed_contrastive_weight"):
