@@ -6,11 +6,11 @@ mesh that saved it.
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 
 def with_shardings(abstract: Any, shardings: Any) -> Any:
@@ -18,8 +18,10 @@ def with_shardings(abstract: Any, shardings: Any) -> Any:
 
 
 class Checkpointer:
-    def __init__(self, directory: str, keep: int = 3):
-        self.directory = os.path.abspath(directory)
+    def __init__(self, directory, keep: int = 3):
+        directory = epath.Path(directory)
+        # orbax wants absolute paths; resolve() makes a local one absolute and leaves gs:// alone
+        self.directory = directory.resolve() if "://" not in str(directory) else directory
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
@@ -46,7 +48,7 @@ class Checkpointer:
         self.manager.close()
 
 
-def restore_params(directory: str, abstract_params: Any, step: int | None = None) -> Any:
+def restore_params(directory, abstract_params: Any, step: int | None = None) -> Any:
     """Only the parameters of another run's checkpoint (for `config.init`), onto the current shardings."""
     ckpt = Checkpointer(directory)
     step = ckpt.latest_step() if step is None else step

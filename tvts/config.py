@@ -1,18 +1,28 @@
-"""Config helpers: `get_config(arg)` argument parsing, validation before anything is allocated.
+"""Config helpers: `get_config(arg)` argument parsing, the fields every config shares, validation before anything
+is allocated.
 
 Configs are ml_collections ConfigDicts, locked by the config files so that a mistyped override
 (`--config.optim.lerning_rate=...`) fails at once. `validate` checks values against the model
-variant before any array exists.
+variant and the devices before any array exists.
 """
 from __future__ import annotations
 
 import ast
+import dataclasses
 from typing import Any
 
 import ml_collections
+from etils import epath
 
+from tvts.curriculum import SOURCES
+from tvts.models.inputs import NORMALIZATIONS
 from tvts.models.variants import VARIANT_NAMES, Variant, decode_variant
-import dataclasses
+from tvts.sharding import DEFAULT_RULES
+
+DATA_NAMES = ("synthetic",)
+NONFINITE_POLICIES = ("stop", "skip")
+# Parameter sets the trainer can report beside the trained model in its final evaluation, with their labels.
+EVAL_REFERENCES = {"no_time_attn": "time attn off", "init": "random init"}
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
@@ -36,6 +46,83 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(out)
 
 
+def base_config(args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The fields every config has, at the published recipe's values where it has one (docs/published_recipe.md);
+    the config files (configs/demo.py, configs/pretrain.py) set the rest and lock it."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.total_steps = 100_000  # iterations (see tvts/curriculum.py for iterations, updates and checkpoint steps)
+    c.log_every = 100  # iterations
+    c.checkpoint_every = 2000  # iterations
+    c.keep_checkpoints = 3
+    c.resume = ""  # another run's checkpoint directory to continue from
+    # where parameters start: a converted checkpoint directory, or 'random'; a variant that starts from CLIP
+    # weights refuses '' so that a published run never trains from random weights by accident
+    c.init = ""
+    c.model = dict(
+        variant=args.variant,
+        dtype="bfloat16",  # compute dtype; params stay float32
+        remat="full",
+        time_init="learnable",  # or 'published' (qkv 0, out 1: cannot learn in exact arithmetic)
+        temporal_init_std=-1.0,  # -1: width**-0.5 as published; 0: zeros
+        sort_type_init_std=0.0,  # the sort head's type embedding: zeros as published
+        text_num_frozen=-1,  # -1: the variant's (9 of 12 for B, 18 of 24 for H)
+        mask_ratio=-1.0,  # -1: the variant's published ratio
+        num_frames=12,
+    )
+    c.data = dict(
+        name=args.data,
+        sources=SOURCES,  # one update on each per iteration, in this order
+        source_start=dict(transcribed=0.0, captioned=0.0),  # fraction of the iterations before a source starts
+        transcribed_batch=24 * 8,  # global batch per source
+        captioned_batch=24 * 8,
+        context_length=77,
+        transcript_length=-1,  # tokens per transcript (-1: context_length)
+        normalization="imagenet",  # or 'clip' (tvts.models.inputs.NORMALIZATIONS)
+        # fields of tvts.data.synthetic.SyntheticConfig (the corpus of data='synthetic')
+        synthetic=dict(seed=0, second_change_prob=1.0, negative_group_size=4, radius=(0.26, 0.3), travel=0.4),
+    )
+    c.loss = dict(
+        temperature=0.05,
+        contrastive_reduction="sum",  # of the two directions; 'sum' as published, or 'mean'
+        sort_weight=2.0,
+        transcribed_contrastive_weight=1.0,
+        transcribed_contrastive_start=0.0,  # fraction of training before the term joins on transcribed batches
+    )
+    c.optim = dict(
+        groups={"new": 1e-4, "clip": 1e-7},
+        rules=(),  # empty: tvts.optim.published_rules(temporal_embedding_group, freeze_text_embeddings)
+        group_start={},  # fraction of training before a group starts (held until then)
+        temporal_embedding_group="clip",  # the published quirk; 'new' gives it the new-parameter lr
+        freeze_text_embeddings=False,
+        schedule="step",
+        warmup_steps=0,
+        decay_at=(0.6, 0.8),  # 'step': x decay_factor at these fractions (epochs 6 and 8 of 10)
+        decay_factor=0.1,
+        b1=0.9,
+        b2=0.999,
+        eps=1e-6,
+        weight_decay=0.05,
+        no_decay=_published_no_decay(),
+    )
+    c.grad_accum_steps = 1
+    c.mesh = dict(data=-1, fsdp=1, tensor=1)
+    c.sharding_rules = [list(r) for r in DEFAULT_RULES]
+    c.max_replicated_fraction = 0.05
+    # a non-finite loss or gradient skips its update; 'stop' ends the run at once, 'skip' allows max_skipped
+    # such updates (the same batch replays on a relaunch, so a persistent one still stops the run)
+    c.nonfinite = dict(policy="stop", max_skipped=0)
+    c.eval_references = ()  # keys of EVAL_REFERENCES reported beside the trained model at the end
+    c.evals = {}
+    return c
+
+
+def _published_no_decay() -> str:
+    from tvts import optim
+
+    return getattr(optim, "PUBLISHED_NO_DECAY", r"(bias|scale)$")
+
+
 def model_variant(model_cfg: Any) -> Variant:
     """The variant named by `config.model`, with the config's overrides applied (a new frozen value)."""
     if model_cfg.variant not in VARIANT_NAMES:
@@ -55,8 +142,11 @@ def mask_ratio(config: Any) -> float:
     return model_variant(config.model).mask_ratio if config.model.mask_ratio < 0 else config.model.mask_ratio
 
 
-def validate(config: Any) -> None:
-    """Fail with a message naming the field before anything is allocated."""
+def validate(config: Any, num_devices: int | None = None, process_count: int | None = None) -> None:
+    """Fail with a message naming the field before anything is allocated.
+
+    With `num_devices` / `process_count` (the trainer passes them) the batch sizes are checked against the mesh.
+    """
     variant = model_variant(config.model)
     ratio = mask_ratio(config)
     if not 0.0 <= ratio < 1.0:
@@ -68,6 +158,11 @@ def validate(config: Any) -> None:
                          f"{variant.video.max_frames} frames")
     if config.model.time_init not in ("learnable", "published"):
         raise ValueError(f"config.model.time_init={config.model.time_init!r}: use 'learnable' or 'published'")
+    _validate_init(config, variant)
+    if config.data.name not in DATA_NAMES:
+        raise ValueError(f"config.data.name={config.data.name!r}: known data {', '.join(DATA_NAMES)}")
+    if config.data.normalization not in NORMALIZATIONS:
+        raise ValueError(f"config.data.normalization={config.data.normalization!r}: known {sorted(NORMALIZATIONS)}")
     if config.data.context_length > variant.text.context_length:
         raise ValueError(f"config.data.context_length={config.data.context_length} exceeds the text tower's "
                          f"{variant.text.context_length}")
@@ -75,19 +170,31 @@ def validate(config: Any) -> None:
         raise ValueError(f"config.data.transcript_length={config.data.transcript_length} must be in "
                          f"[1, context_length={config.data.context_length}] (or -1: context_length)")
     for source in config.data.sources:
-        if source not in ("transcribed", "captioned"):
-            raise ValueError(f"config.data.sources: unknown source {source!r}; use 'transcribed', 'captioned'")
-        if getattr(config.data, f"{source}_batch") <= 0:
-            raise ValueError(f"config.data.{source}_batch must be positive")
+        if source not in SOURCES:
+            raise ValueError(f"config.data.sources: unknown source {source!r}; use {', '.join(SOURCES)}")
+        _validate_batch(config, f"data.{source}_batch", config.data[f"{source}_batch"], num_devices, process_count)
     for name, fraction in config.data.source_start.items():
-        if name not in ("transcribed", "captioned"):
-            raise ValueError(f"config.data.source_start.{name}: unknown source; use 'transcribed', 'captioned'")
+        if name not in SOURCES:
+            raise ValueError(f"config.data.source_start.{name}: unknown source; use {', '.join(SOURCES)}")
         if not 0.0 <= fraction < 1.0:
             raise ValueError(f"config.data.source_start.{name}={fraction} must be a fraction of training in [0, 1)")
     if all(config.data.source_start.get(k, 0.0) > 0 for k in config.data.sources):
         raise ValueError(f"config.data.source_start={dict(config.data.source_start)}: some source of "
                          f"data.sources={tuple(config.data.sources)} must start at 0, or the first iterations "
                          f"would take no update (e.g. --config.data.source_start.{config.data.sources[0]}=0)")
+    for name in ("log_every", "checkpoint_every", "keep_checkpoints", "grad_accum_steps"):
+        if config[name] <= 0:
+            raise ValueError(f"config.{name}={config[name]} must be positive")
+    if config.loss.contrastive_reduction not in ("sum", "mean"):
+        raise ValueError(f"config.loss.contrastive_reduction={config.loss.contrastive_reduction!r}: "
+                         "use 'sum' (published) or 'mean'")
+    if config.nonfinite.policy not in NONFINITE_POLICIES:
+        raise ValueError(f"config.nonfinite.policy={config.nonfinite.policy!r}: use {' or '.join(NONFINITE_POLICIES)}")
+    if config.nonfinite.max_skipped < 0:
+        raise ValueError(f"config.nonfinite.max_skipped={config.nonfinite.max_skipped} must be >= 0")
+    for ref in config.eval_references:
+        if ref not in EVAL_REFERENCES:
+            raise ValueError(f"config.eval_references: unknown reference {ref!r}; known {sorted(EVAL_REFERENCES)}")
     if config.total_steps <= 0:
         raise ValueError(f"config.total_steps={config.total_steps} must be positive")
     for name in ("sort_weight", "transcribed_contrastive_weight"):
@@ -107,6 +214,41 @@ def validate(config: Any) -> None:
             raise ValueError(f"config.optim.group_start.{name}: no such group; groups: {sorted(config.optim.groups)}")
         if not 0.0 <= fraction < 1.0:
             raise ValueError(f"config.optim.group_start.{name}={fraction} must be a fraction of training in [0, 1)")
+
+
+def _validate_init(config: Any, variant: Variant) -> None:
+    for name in ("resume", "init"):
+        path = config[name]
+        if path and path != "random" and not epath.Path(path).exists():
+            raise FileNotFoundError(f"config.{name}={path!r} does not exist")
+    if config.resume == "random":
+        raise ValueError("config.resume='random': resume takes a checkpoint directory; for random weights use "
+                         "config.init='random'")
+    if variant.init != "random" and not config.init:
+        raise ValueError(
+            f"config.init is empty, and variant {variant.name} starts from pretrained CLIP weights "
+            f"({variant.init}). Convert the released weights to a params directory and pass "
+            f"--config.init=DIR (the converters are tvts/convert, not yet in this build), or pass "
+            f"--config.init=random to train from random weights on purpose.")
+
+
+def _validate_batch(config: Any, field: str, batch: int, num_devices: int | None, process_count: int | None) -> None:
+    if batch <= 0:
+        raise ValueError(f"config.{field}={batch} must be positive")
+    if num_devices is not None:
+        data_parallel = _data_parallel_size(config, num_devices)
+        if batch % (data_parallel * config.grad_accum_steps):
+            raise ValueError(f"config.{field}={batch} must be divisible by the data-parallel mesh size "
+                             f"{data_parallel} (mesh.data x mesh.fsdp) x grad_accum_steps={config.grad_accum_steps}")
+    if process_count is not None and batch % process_count:
+        raise ValueError(f"config.{field}={batch} must be divisible by the process count {process_count}")
+
+
+def _data_parallel_size(config: Any, num_devices: int) -> int:
+    from tvts.sharding import MESH_AXES, mesh_shape
+
+    shape = dict(zip(MESH_AXES, mesh_shape(dict(config.mesh), num_devices)))
+    return shape["data"] * shape["fsdp"]
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:

@@ -1,9 +1,10 @@
 """Run a config's evaluators on a checkpoint, outside training.
 
-    python -m tvts.evaluate --config configs/pretrain.py --workdir workdirs/demo [--step N]
+    python -m tvts.evaluate --workdir workdirs/demo [--step N] [--config configs/demo.py]
 
-Restores the newest (or given) checkpoint of `workdir` onto the config's mesh and prints the metrics
-of every entry of `config.evals` (as at the end of training), writing them to `eval_<step>.json`.
+Without --config, the run's own `config.json` (written by the trainer) is used. Restores the newest (or given)
+checkpoint of `workdir` onto the config's mesh and prints the metrics of every entry of `config.evals` (as at the
+end of training, with `config.eval_references` beside them), writing them to `eval_<step>.json`.
 """
 from __future__ import annotations
 
@@ -13,32 +14,50 @@ if __name__ == "__main__":  # a program, not an import: move to mimalloc before 
     reexec_with_mimalloc()
 
 import json
-import os
 
 import jax
+import ml_collections
+from etils import epath
 
 
-def evaluate(config, workdir: str, step: int | None = None) -> dict[str, float]:
+def run_config(workdir) -> ml_collections.ConfigDict:
+    """The config a run was launched with (its workdir's config.json), locked."""
+    path = epath.Path(workdir) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; pass --config (the config the checkpoint was trained with)")
+    config = ml_collections.ConfigDict(json.loads(path.read_text()))
+    config.lock()
+    return config
+
+
+def evaluate(config, workdir, step: int | None = None) -> dict[str, float]:
+    from tvts import config as config_lib
     from tvts.checkpoint import Checkpointer, with_shardings
-    from tvts.evaluators.common import make_evaluators
-    from tvts.metrics import MetricWriter
-    from tvts.train import make_setup
+    from tvts.evaluators.registry import make_evaluators, reference_labels
+    from tvts.metric_writer import MetricWriter
+    from tvts.state import make_encoders, make_setup, reference_params
 
+    workdir = epath.Path(workdir)
+    config = run_config(workdir) if config is None else config
     setup = make_setup(config)
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+    ckpt = Checkpointer(workdir / "checkpoints")
     step = ckpt.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {ckpt.directory}")
     state, _ = ckpt.restore(step, with_shardings(setup.abstract_state, setup.state_sharding))
     ckpt.close()
     is_main = jax.process_index() == 0
+    evaluators = make_evaluators(config.evals, config.data, setup.spec, workdir if is_main else None)
+    encoders = make_encoders(setup, state["params"])
+    references = {k: encoders.with_params(p) for k, p in reference_params(setup, state["params"]).items()}
     metrics: dict[str, float] = {}
-    for ev in make_evaluators(config, setup, workdir if is_main else None):
-        metrics.update(ev.run(state["params"], final=True))
-    if is_main:
-        MetricWriter.report_to_console(metrics)
-        with open(os.path.join(workdir, f"eval_{step}.json"), "w") as f:
-            json.dump(metrics, f, indent=1, sort_keys=True)
+    for ev in evaluators:
+        metrics.update(ev.run(encoders, final=True, references=references))
+    writer = MetricWriter(workdir, enabled=is_main, tensorboard=False)
+    labels = {k: config_lib.EVAL_REFERENCES[k] for k in config.eval_references}
+    writer.report(metrics, {**labels, **reference_labels(evaluators)})
+    writer.write_json(f"eval_{step}.json", metrics)
+    writer.close()
     return metrics
 
 
@@ -58,8 +77,9 @@ if __name__ == "__main__":
     from absl import app, flags
     from ml_collections import config_flags
 
-    config_flags.DEFINE_config_file("config", None, "Config file the checkpoint was trained with.", lock_config=True)
+    config_flags.DEFINE_config_file("config", None, "Config file the checkpoint was trained with (default: the "
+                                    "run's config.json).", lock_config=True)
     flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints/.")
     flags.DEFINE_integer("step", None, "Checkpoint step (default: newest).")
-    flags.mark_flags_as_required(["config", "workdir"])
+    flags.mark_flags_as_required(["workdir"])
     app.run(main)

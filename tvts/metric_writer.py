@@ -1,28 +1,48 @@
 """Where metrics go: TensorBoard event files, the console, a JSON-lines log and PNG plots.
 
+Every file is written through `etils.epath`, so a workdir can be `gs://bucket/run` as well as a local folder.
 Only process 0 writes (`enabled=False` elsewhere makes every call a no-op).
 """
 from __future__ import annotations
 
 import json
-import os
 import sys
 from typing import Mapping
 
+from etils import epath
+
 SUMMARY_KEYS = ("loss", "contrastive_loss", "sort_loss", "sort_accuracy", "clips_per_sec")
-# Evaluators report the same metric for other references as 'NAME/<reference>/metric' next to 'NAME/metric'.
-REFERENCES = {"no_time_attn": "time attn off", "init": "random init", "chance": "chance / base"}
+
+
+class _EpathRecordFiles:
+    """tensorboardX opens its event files with `open()` unless a factory is registered for the path's scheme;
+    this one routes them through epath (tensorboardX's own gs:// writer rewrites the whole file on every flush)."""
+
+    def open(self, path: str):
+        return epath.Path(path).open("wb")
+
+    def directory_check(self, path: str) -> None:
+        epath.Path(path).mkdir(parents=True, exist_ok=True)
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in str(path)
 
 
 class MetricWriter:
-    def __init__(self, workdir: str, enabled: bool = True):
-        self.workdir, self.enabled = workdir, enabled
+    def __init__(self, workdir, enabled: bool = True, tensorboard: bool = True):
+        self.workdir, self.enabled = epath.Path(workdir), enabled
         self._tb = self._log = None
         if enabled:
-            from tensorboardX import SummaryWriter
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            if tensorboard:
+                from tensorboardX import SummaryWriter, record_writer
 
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-            self._log = open(os.path.join(workdir, "metrics.jsonl"), "a")
+                logdir = str(self.workdir / "tensorboard")
+                if not _is_local(logdir):
+                    record_writer.register_writer_factory(logdir.split(":")[0], _EpathRecordFiles())
+                self._tb = SummaryWriter(logdir)
+            self._log = (self.workdir / "metrics.jsonl").open("a")
 
     def text(self, message: str) -> None:
         if self.enabled:
@@ -31,8 +51,9 @@ class MetricWriter:
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
         if not self.enabled or not values:
             return
-        for k, v in values.items():
-            self._tb.add_scalar(k, float(v), step)
+        if self._tb is not None:
+            for k, v in values.items():
+                self._tb.add_scalar(k, float(v), step)
         self._log.write(json.dumps({"step": step, **{k: float(v) for k, v in values.items()}}) + "\n")
         self._log.flush()
 
@@ -51,32 +72,34 @@ class MetricWriter:
             from tvts.evaluators.plots import plot_training_curves
 
             keep = {k: v for k, v in history.items() if k.split("/")[-1] in SUMMARY_KEYS}
-            plot_training_curves(keep, os.path.join(self.workdir, "training_curves.png"))
+            plot_training_curves(keep, self.workdir / "training_curves.png")
 
-    def report(self, values: Mapping[str, float]) -> None:
+    def write_json(self, name: str, values: Mapping) -> None:
         if self.enabled:
-            self.report_to_console(values)
+            (self.workdir / name).write_text(json.dumps(values, indent=1, sort_keys=True))
 
-    @staticmethod
-    def report_to_console(values: Mapping[str, float]) -> None:
-        print(format_report(values), flush=True)
+    def report(self, values: Mapping[str, float], references: Mapping[str, str]) -> None:
+        if self.enabled:
+            print(format_report(values, references), flush=True)
 
     def close(self) -> None:
         if self.enabled:
-            self._tb.close()
+            if self._tb is not None:
+                self._tb.close()
             self._log.close()
 
 
-def format_report(values: Mapping[str, float]) -> str:
-    """The final metrics as a table: one row per metric, its references ('NAME/init/m', 'NAME/chance/m') beside it."""
+def format_report(values: Mapping[str, float], references: Mapping[str, str]) -> str:
+    """Final metrics as a table: one row per metric, with the same metric for other references
+    ('NAME/<reference>/metric', the reference a key of `references`, whose value labels its column) beside it."""
     rows: dict[str, dict[str, float]] = {}
     for key, value in values.items():
         parts = key.split("/")
-        column = parts[1] if len(parts) > 2 and parts[1] in REFERENCES else ""
+        column = parts[1] if len(parts) > 2 and parts[1] in references else ""
         metric = "/".join(parts[:1] + parts[2:]) if column else key
         rows.setdefault(metric, {})[column] = value
-    columns = [""] + [c for c in REFERENCES if any(c in r for r in rows.values())]
-    headers = {"": "trained", **REFERENCES}
+    columns = [""] + [c for c in references if any(c in r for r in rows.values())]
+    headers = {"": "trained", **references}
     width = max([len(m) for m in rows] + [len("final evaluation")])
     lines = ["", f"{'final evaluation':<{width}}" + "".join(f"  {headers[c]:>14}" for c in columns)]
     for metric in sorted(rows):

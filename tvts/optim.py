@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import flax.traverse_util as traverse_util
 import jax
@@ -19,6 +19,13 @@ import optax
 
 Rule = tuple[str, str | None]
 FROZEN = None
+
+# The published weight-decay exclusion over OUR parameter paths (use with `decays`, i.e. re.search): the official
+# code skips decay for names containing 'bias', 'LayerNorm', 'ln_' or 'norm' (v2/train_dist_TVTSv2_ViT_B_16.py:67).
+# Those are exactly the biases and the LayerNorm weights (every LayerNorm here is `.../norm/{scale,bias}`); token,
+# position, temporal and class embeddings, `proj`, `text_projection`, the patch conv and the sort head's type
+# embedding ARE decayed. The path -> official-name table is in tests/test_optim.py; docs/published_recipe.md.
+PUBLISHED_NO_DECAY = r"/(bias|norm/scale)$"
 
 
 def path_str(path: tuple) -> str:
@@ -126,12 +133,6 @@ def make_schedule(base_lr: float, kind: str, total_steps: int, warmup_steps: int
     return sched
 
 
-def group_start_updates(cfg: Any, groups, start_update: Callable[[float], int]) -> dict[str, int]:
-    """The update at which each of `groups` starts (`cfg.group_start`, a fraction of training mapped to an update
-    by `start_update`; 0: at once)."""
-    return {g: start_update(cfg.group_start.get(g, 0.0)) for g in groups}
-
-
 def decays(name: str, no_decay: str) -> bool:
     return re.search(no_decay, name) is None
 
@@ -142,27 +143,27 @@ def held(inner: optax.GradientTransformation) -> optax.GradientTransformation:
         jax.tree.map(jnp.zeros_like, updates), state))
 
 
-def make_optimizer(cfg: Any, labels: Any, total_steps: int, waiting: frozenset[str] = frozenset(),
-                   start_update: Callable[[float], int] | None = None
+def make_optimizer(cfg: Any, labels: Any, total_updates: int, group_starts: Mapping[str, int] | None = None,
+                   waiting: frozenset[str] = frozenset()
                    ) -> tuple[optax.GradientTransformation, dict[str, optax.Schedule]]:
     """AdamW per learning-rate group over the trainable parameters only.
 
-    cfg: the config's `optim` block (groups, group_start, schedule, warmup_steps, decay_at, decay_factor, b1, b2,
-         eps, weight_decay, no_decay). labels: `assign_groups` output.
+    cfg: the config's `optim` block (groups, schedule, warmup_steps, decay_at, decay_factor, b1, b2, eps,
+         weight_decay, no_decay). labels: `assign_groups` output. group_starts: the update at which a group starts
+         (`Curriculum.group_start_updates`; absent groups start at 0).
 
-    A group named in `group_start` starts at that fraction of training (the update `start_update(fraction)`;
-    by default that fraction of `total_steps`) as if its optimizer were created then: until it starts the
-    train step passes it in `waiting`, which holds its state (no update, no weight decay, no step counted);
-    from its start its AdamW counts its own steps and its schedule runs over the updates that remain. Returns the transformation and each group's learning rate by global update (0
-    before the group's start), for logging.
+    A group starts as if its optimizer were created then: until it starts the train step passes it in `waiting`,
+    which holds its state (no update, no weight decay, no step counted); from its start its AdamW counts its own
+    steps and its schedule runs over the updates that remain. Returns the transformation and each group's learning
+    rate by global update (0 before the group's start), for logging.
     """
     trainable_labels, _ = partition(labels, labels)
     present = sorted(set(jax.tree.leaves(trainable_labels)))
-    start = group_start_updates(cfg, present, start_update or (lambda fraction: int(fraction * total_steps)))
+    start = {g: (group_starts or {}).get(g, 0) for g in present}
     schedule = functools.partial(make_schedule, kind=cfg.schedule, warmup_steps=cfg.warmup_steps,
                                  decay_at=cfg.decay_at, decay_factor=cfg.decay_factor)
-    own = {g: schedule(cfg.groups[g], total_steps=max(total_steps - start[g], 1)) for g in present}
-    schedules = {g: schedule(cfg.groups[g], total_steps=total_steps, start_step=start[g]) for g in present}
+    own = {g: schedule(cfg.groups[g], total_steps=max(total_updates - start[g], 1)) for g in present}
+    schedules = {g: schedule(cfg.groups[g], total_steps=total_updates, start_step=start[g]) for g in present}
 
     def wd_mask(params):
         return jax.tree_util.tree_map_with_path(lambda p, _: decays(path_str(p), cfg.no_decay), params)

@@ -6,20 +6,24 @@ process-wide backend selection of other code is left alone.
 """
 from __future__ import annotations
 
+import io
 import math
-import os
 from typing import Mapping, Sequence
 
 import numpy as np
+from etils import epath
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 
-def _save(fig: Figure, path: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
+def _save(fig: Figure, path) -> None:
+    """Writes through etils.epath, so a plot can go to gs:// as well as to a local folder."""
+    path = epath.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
     FigureCanvasAgg(fig)
-    fig.savefig(path, format='png', dpi=100)
+    fig.savefig(buffer, format='png', dpi=100)
+    path.write_bytes(buffer.getvalue())
 
 
 def plot_recall_curves(curves: Mapping[str, np.ndarray], path: str, title: str = '', *,

@@ -5,22 +5,21 @@
 - linear probes on the frozen video embedding (projected CLS) for an appearance label ('has_circle') and a
   label only readable from frame order ('has_leftward'), trained on `num_probe_train` 'val' videos and
   tested on the `num_videos` 'test' videos;
-- with `compare_with_init`, the same figures for the run's random initial parameters, prefixed 'init/';
-- with `compare_without_time_attention`, the same figures for the trained parameters with the time attention
-  switched off (`without_time_attention`), prefixed 'no_time_attn/': what the model owes to it;
+- the same figures for every reference encoder it is given (the trainer passes the random initialisation and
+  the model with its time attention switched off), prefixed '<reference>/';
 - the chance level of each figure, prefixed 'chance/' (probes: the test labels' majority-class rate).
-All at mask ratio 0 with deterministic frame times, as in the published evaluations.
+All at mask ratio 0 with deterministic frame times, as in the published evaluations. Sorting needs the sort head,
+which only a full model's encoders have (`ModelEncoders`); with a backbone's encoders it is left out.
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
+from etils import epath
 
 from tvts.data.pipeline import synthetic_config, text_length
 from tvts.data.synthetic import SyntheticCorpus
 from tvts.data.tokenizer import get_tokenizer
-from tvts.evaluators.common import Evaluator, FrozenEncoders
+from tvts.evaluators.common import Evaluator
 from tvts.evaluators.linear_probe import linear_probe
 from tvts.evaluators.retrieval import chance_metrics, recall_at_k_curve, text_video_retrieval
 
@@ -28,20 +27,19 @@ PROBE_LABELS = ("has_circle", "has_leftward")
 
 
 class SyntheticHeldout(Evaluator):
-    def __init__(self, name, cfg, setup, output_dir=None):
-        super().__init__(name, cfg, setup, output_dir)
+    REFERENCE_LABELS = {"chance": "chance / base"}
+
+    def __init__(self, name, cfg, data_cfg, spec, output_dir=None):
+        super().__init__(name, cfg, data_cfg, spec, output_dir)
         import jax
 
-        config = setup.config
-        corpus_cfg = synthetic_config(config.data, setup.model.variant.video.image_size, config.model.num_frames)
+        corpus_cfg = synthetic_config(data_cfg, spec.image_size, spec.num_frames)
         self.test = SyntheticCorpus(corpus_cfg, split="test")
         self.val = SyntheticCorpus(corpus_cfg, split="val")
-        self.context_length = config.data.context_length
-        self.transcript_length = text_length(config.data, "transcribed")
+        self.context_length = data_cfg.context_length
+        self.transcript_length = text_length(data_cfg, "transcribed")
         self.tokenizer = get_tokenizer(self.context_length)
-        self.encoders = FrozenEncoders(setup.model, setup.mesh, setup.rules, setup.params_sharding)
         self.process_index, self.process_count = jax.process_index(), jax.process_count()
-        self._init_metrics = None
 
     def _chunks(self, n: int):
         """Global index chunks of `batch`, and this process's part of each."""
@@ -57,31 +55,36 @@ class SyntheticHeldout(Evaluator):
     def _tokens(self, texts: list[str], length: int | None = None) -> np.ndarray:
         return self.tokenizer(texts, length or self.context_length)
 
-    # Every figure for several parameter sets at once: each chunk of held-out videos is rendered once and
-    # encoded by every set (the final report compares trained, time attention off and random init).
-    def _sorting_and_test_features(self, param_sets: dict, n: int) -> tuple[dict, dict]:
-        """Sorting accuracy and video embeddings of the n 'test' transcribed videos (one pass per set)."""
-        correct = {k: 0 for k in param_sets}
-        feats = {k: [] for k in param_sets}
+    # Every figure for several encoders at once: each chunk of held-out videos is rendered once and encoded by
+    # each (the final report compares trained, time attention off and random init).
+    def _sorting_and_test_features(self, encoders: dict, n: int) -> tuple[dict, dict]:
+        """Sorting accuracy (encoders with a sort head) and video embeddings of the n 'test' transcribed videos."""
+        correct = {k: 0 for k in encoders}
+        feats = {k: [] for k in encoders}
         total = 0
         for idx in self._chunks(n):
             raw = self.test.transcribed_batch(idx, train=False)
             length = self.transcript_length
             texts = self._tokens([t for v in raw["transcripts"] for t in v], length).reshape(len(idx), -1, length)
-            for k, params in param_sets.items():
-                logits, video_emb = self.encoders.sort_logits_and_video_embedding(params, raw["frames"], texts)
-                pred = logits.argmax(-1)
-                correct[k] += int((pred == np.arange(pred.shape[1])).sum())
+            for k, enc in encoders.items():
+                if hasattr(enc, "sort_logits_and_video_embedding"):
+                    logits, video_emb = enc.sort_logits_and_video_embedding(raw["frames"], texts)
+                    pred = logits.argmax(-1)
+                    correct[k] += int((pred == np.arange(pred.shape[1])).sum())
+                else:
+                    correct[k] = None
+                    video_emb = enc.encode_video(raw["frames"])
                 feats[k].append(video_emb)
-            total += pred.size
-        return {k: c / total for k, c in correct.items()}, {k: np.concatenate(f) for k, f in feats.items()}
+            total += len(idx) * texts.shape[1]
+        accuracy = {k: None if c is None else c / total for k, c in correct.items()}
+        return accuracy, {k: np.concatenate(f) for k, f in feats.items()}
 
-    def _video_features(self, param_sets: dict, corpus: SyntheticCorpus, n: int) -> dict:
-        feats = {k: [] for k in param_sets}
+    def _video_features(self, encoders: dict, corpus: SyntheticCorpus, n: int) -> dict:
+        feats = {k: [] for k in encoders}
         for idx in self._chunks(n):
             frames = corpus.transcribed_batch(idx, train=False)["frames"]
-            for k, params in param_sets.items():
-                feats[k].append(self.encoders.video_embedding(params, frames))
+            for k, enc in encoders.items():
+                feats[k].append(enc.encode_video(frames))
         return {k: np.concatenate(f) for k, f in feats.items()}
 
     def _probe_labels(self, corpus: SyntheticCorpus, n: int) -> dict:
@@ -89,32 +92,32 @@ class SyntheticHeldout(Evaluator):
         labels = corpus.transcribed_batch(np.arange(n), train=False, render=False)["labels"]
         return {k: np.asarray(labels[k]) for k in PROBE_LABELS}
 
-    def _retrieval(self, param_sets: dict, n: int) -> dict:
-        video, text = {k: [] for k in param_sets}, {k: [] for k in param_sets}
+    def _retrieval(self, encoders: dict, n: int) -> dict:
+        video, text = {k: [] for k in encoders}, {k: [] for k in encoders}
         for idx in self._chunks(n):
             raw = self.test.captioned_batch(idx, train=False)
             tokens = self._tokens(raw["captions"])
-            for k, params in param_sets.items():
-                video[k].append(self.encoders.video_embedding(params, raw["frames"]))
-                text[k].append(self.encoders.text_embedding(params, tokens))
+            for k, enc in encoders.items():
+                video[k].append(enc.encode_video(raw["frames"]))
+                text[k].append(enc.encode_text(tokens))
         norm = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
         out = {}
-        for k in param_sets:
+        for k in encoders:
             v, t = np.concatenate(video[k]), np.concatenate(text[k])
             out[k] = (text_video_retrieval(t, v), recall_at_k_curve(norm(t) @ norm(v).T))
         return out
 
-    def _evaluate(self, param_sets: dict) -> dict[str, tuple[dict[str, float], np.ndarray]]:
-        """{name: params} -> {name: (figures, t2v recall@K curve)}."""
+    def _evaluate(self, encoders: dict) -> dict[str, tuple[dict[str, float], np.ndarray]]:
+        """{name: encoders} -> {name: (figures, t2v recall@K curve)}."""
         n = self.cfg.num_videos
-        sort_accuracy, test_x = self._sorting_and_test_features(param_sets, n)
-        retrieval = self._retrieval(param_sets, n)
-        train_x = self._video_features(param_sets, self.val, self.cfg.num_probe_train)
+        sort_accuracy, test_x = self._sorting_and_test_features(encoders, n)
+        retrieval = self._retrieval(encoders, n)
+        train_x = self._video_features(encoders, self.val, self.cfg.num_probe_train)
         train_y, test_y = self._probe_labels(self.val, self.cfg.num_probe_train), self._probe_labels(self.test, n)
         results = {}
-        for k in param_sets:
+        for k in encoders:
             metrics, curve = retrieval[k]
-            out = {"sort_accuracy": sort_accuracy[k], **metrics}
+            out = dict(metrics) if sort_accuracy[k] is None else {"sort_accuracy": sort_accuracy[k], **metrics}
             for label in PROBE_LABELS:
                 out[f"probe_{label}"] = linear_probe(train_x[k], train_y[label], test_x[k], test_y[label])["accuracy"]
             results[k] = (out, curve)
@@ -130,29 +133,20 @@ class SyntheticHeldout(Evaluator):
             out[f"probe_{label}"] = 100.0 * np.bincount(labels[label]).max() / n
         return out
 
-    def compute(self, params, final: bool) -> dict[str, float]:
-        param_sets = {"trained": params}
-        if final and self.cfg.get("compare_without_time_attention", False):
-            from tvts.models.tvtsv2 import without_time_attention
-
-            param_sets["no_time_attn"] = without_time_attention(params)
-        if final and self.cfg.compare_with_init:
-            from tvts.train import random_params
-
-            param_sets["init"] = random_params(self.setup)
-        results = self._evaluate(param_sets)
+    def compute(self, encoders, final: bool, references: dict) -> dict[str, float]:
+        results = self._evaluate({"trained": encoders, **references})
         out = dict(results["trained"][0])
         for k, (figures, _) in results.items():
             if k != "trained":
                 out.update({f"{k}/{name}": v for name, v in figures.items()})
         if final:
             out.update({f"chance/{k}": v for k, v in self.chance().items()})
-        if final and self.output_dir:
+        if final and self.output_dir is not None:
             from tvts.evaluators.plots import plot_recall_curves
 
             curves = {"trained": results["trained"][1]}
             if "init" in results:
                 curves["random init"] = results["init"][1]
-            plot_recall_curves(curves, os.path.join(self.output_dir, f"{self.name}_t2v_recall.png"),
+            plot_recall_curves(curves, epath.Path(self.output_dir) / f"{self.name}_t2v_recall.png",
                                title=f"text->video recall@K, {self.cfg.num_videos} held-out synthetic videos")
         return out

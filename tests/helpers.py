@@ -1,0 +1,45 @@
+"""Shared test helpers: a tiny config built from the config's own defaults, setups and batches.
+
+Tests build their own tiny config here instead of unlocking and undoing the demo's.
+"""
+from __future__ import annotations
+
+import jax
+import ml_collections
+
+from tvts import sharding
+from tvts.config import apply_overrides, base_config, parse_arg
+from tvts.data.pipeline import make_sources
+from tvts.state import make_setup
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def tiny_config(**overrides) -> ml_collections.ConfigDict:
+    """The `tiny` variant from random weights, small and fast: 4 frames of 32 px, batches of 8, the transcribed
+    source only, no evaluators, a constant learning rate and every group and loss term on from the first update.
+    `overrides`: dotted fields, e.g. tiny_config(total_steps=4, **{"optim.group_start": {"text": 0.5}})."""
+    c = base_config(parse_arg(None, variant="tiny", data="synthetic"))
+    c.init = "random"
+    c.total_steps = 4
+    c.log_every = 1
+    c.checkpoint_every = 2
+    c.model.dtype = "float32"
+    c.model.remat = "none"
+    c.model.num_frames = 4
+    c.data.sources = ("transcribed",)
+    c.data.transcribed_batch = 8
+    c.data.captioned_batch = 8
+    c.data.context_length = 16
+    c.optim.groups = {"new": 1e-3, "clip": 1e-3}
+    c.optim.schedule = "constant"
+    c.lock()
+    return apply_overrides(c, overrides)
+
+
+def one_device_setup(config):
+    return make_setup(config, sharding.make_mesh({"data": 1}, jax.devices()[:1]))
+
+
+def batch_for(config, kind: str = "transcribed", iteration: int = 0):
+    return make_sources(config.data, 32, config.model.num_frames)[kind].batch(iteration)

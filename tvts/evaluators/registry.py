@@ -1,0 +1,31 @@
+"""Evaluator types by the name a config entry gives in `type`."""
+from __future__ import annotations
+
+from typing import Any
+
+from tvts.evaluators.common import Evaluator
+from tvts.evaluators.synthetic_heldout import SyntheticHeldout
+from tvts.models.inputs import PreprocessSpec
+
+EVALUATORS: dict[str, type[Evaluator]] = {
+    "synthetic_heldout": SyntheticHeldout,
+}
+
+
+def check_entries(evals_cfg: Any) -> None:
+    """Fail on an unknown evaluator type, naming the entry (called by config validation)."""
+    for name, entry in evals_cfg.items():
+        if entry.get("type") not in EVALUATORS:
+            raise ValueError(f"config.evals.{name}.type={entry.get('type')!r}: known evaluators {sorted(EVALUATORS)}")
+
+
+def make_evaluators(evals_cfg: Any, data_cfg: Any, spec: PreprocessSpec, output_dir: Any = None) -> list[Evaluator]:
+    check_entries(evals_cfg)
+    return [EVALUATORS[entry.type](name, entry, data_cfg, spec, output_dir) for name, entry in evals_cfg.items()]
+
+
+def reference_labels(evaluators: list[Evaluator]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for ev in evaluators:
+        out.update(ev.REFERENCE_LABELS)
+    return out
