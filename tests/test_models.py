@@ -8,11 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tvts.models.layers import LayerNorm
 from tvts.models.text import eot_pool
 from tvts.models.tvtsv2 import (TVTSv2, abstract_params, count_params, init_params, init_time_attention,
                                  without_time_attention)
 from tvts.models.variants import VARIANT_NAMES, decode_variant
-from tvts.models.video_vit import SpaceTimeBlock, gather_kept_patches
+from tvts.models.video_vit import SpaceTimeBlock, VideoEncoder, gather_kept_patches
 
 TINY = decode_variant("tiny")
 
@@ -141,11 +142,71 @@ def test_default_time_attention_learns():
 
 
 def test_published_time_attention_is_dead():
-    """REFERENCE.md: the all-ones projection adds the same value to every channel, ln_1 removes it."""
+    """docs/published_recipe.md: the all-ones projection adds the same value to every channel, ln_1 removes it."""
     time_g, space_g = _time_attention_grads("published")
     space_scale = float(jnp.abs(space_g["qkv"]["kernel"]).max())
     assert float(jnp.abs(time_g["qkv"]["kernel"]).max()) < 1e-4 * space_scale
     assert float(jnp.abs(time_g["out"]["kernel"]).max()) == 0.0
+
+
+# ---------------------------------------------------------------- published initialisations and LayerNorm
+def _temporal_embedding(video_cfg, temporal_init_std, seed=0):
+    encoder = VideoEncoder(video_cfg, 64, "gelu", temporal_init_std=temporal_init_std)
+    video = jnp.zeros((1, 2, video_cfg.image_size, video_cfg.image_size, 3))
+    init = jax.jit(lambda rng: nn.unbox(encoder.init(rng, video)["params"])["temporal_embedding"])
+    return np.asarray(init(jax.random.key(seed)), np.float64)
+
+
+def test_temporal_embedding_starts_as_published_normal_width_to_the_minus_half():
+    """Official: `temporal_embedding = scale * randn(num_frames, width)`, scale = width ** -0.5, as CLIP's class and
+    position embeddings. A one-block tower of width 768 (B/32, B/16) keeps the init cheap to materialise."""
+    b16 = decode_variant("B/16").video
+    video_cfg = dataclasses.replace(b16, depth=1, mlp_dim=64, patch_size=8, image_size=16)
+    assert video_cfg.width == 768 and video_cfg.max_frames == 12
+    temporal = _temporal_embedding(video_cfg, -1.0)  # the default
+    assert temporal.shape == (12, 768)
+    # 9216 draws: the sample std of N(0, s) is within 3% of s with overwhelming probability (its sd is s / 136)
+    np.testing.assert_allclose(temporal.std(), 768**-0.5, rtol=0.03)
+    assert abs(temporal.mean()) < 3 * 768**-0.5 / np.sqrt(temporal.size)
+    assert TVTSv2(TINY).temporal_init_std < 0 and VideoEncoder(b16, 512, "quick_gelu").temporal_init_std < 0
+
+
+def test_temporal_init_std_switch():
+    tiny = _temporal_embedding(TINY.video, -1.0)
+    np.testing.assert_allclose(tiny.std(), 64**-0.5, rtol=0.1)  # 768 draws
+    np.testing.assert_allclose(_temporal_embedding(TINY.video, 1.0).std(), 1.0, rtol=0.1)  # the tiny demo's value
+    assert not _temporal_embedding(TINY.video, 0.0).any()  # 0: zeros
+
+
+def _type_embedding(sort_type_init_std):
+    model = TVTSv2(TINY, sort_type_init_std=sort_type_init_std)
+    return np.asarray(jax.jit(lambda rng: nn.unbox(init_params(model, rng))["sort_head"]["type_embedding"])(
+        jax.random.key(0)))
+
+
+def test_sort_head_type_embedding_starts_at_zeros_as_published():
+    """Official: `type_embed = nn.Parameter(torch.zeros(1, 2, embed_dim))`; the tiny demo passes 0.02."""
+    assert TVTSv2(TINY).sort_type_init_std == 0.0
+    zeros = _type_embedding(0.0)
+    assert zeros.shape == (2, TINY.sort_head.width) and not zeros.any()
+    normal = _type_embedding(0.02)
+    assert 0.01 < normal.std() < 0.03 and abs(normal.mean()) < 0.01
+
+
+def test_layer_norm_variance_is_two_pass_like_pytorch():
+    """A small spread on a large mean: one-pass E[x^2] - E[x]^2 in float32 loses it (x^2 ~ 1e8, float32 spacing 8
+    there, the variance is 1); PyTorch and the two-pass mean((x - mean x)^2) keep it."""
+    rng = np.random.default_rng(0)
+    x = (1e4 + rng.normal(size=(4, 256))).astype(np.float32)
+    x64 = x.astype(np.float64)
+    mean = x64.mean(-1, keepdims=True)
+    want = (x64 - mean) / np.sqrt(((x64 - mean) ** 2).mean(-1, keepdims=True) + 1e-5)
+    layer = LayerNorm()
+    params = layer.init(jax.random.key(0), x)
+    np.testing.assert_allclose(np.asarray(layer.apply(params, x)), want, atol=5e-3)
+    one_pass = nn.LayerNorm(epsilon=1e-5, use_fast_variance=True)
+    bad = np.asarray(one_pass.apply(one_pass.init(jax.random.key(0), x), x))
+    assert np.abs(bad - want).max() > 1.0  # the test would catch the one-pass variance
 
 
 # ---------------------------------------------------------------- shapes, masking, pooling

@@ -1,4 +1,6 @@
 """Parameter rules, learning-rate groups, frozen parameters and schedules."""
+import re
+
 import flax.linen as nn
 import flax.traverse_util as traverse_util
 import jax
@@ -6,6 +8,7 @@ import numpy as np
 import pytest
 
 from tvts import optim
+from tvts.config import load_config
 from tvts.models.tvtsv2 import abstract_params
 from tvts.models.variants import decode_variant
 
@@ -72,12 +75,105 @@ def test_a_rule_naming_an_unknown_group_is_an_error():
         optim.assign_groups(params, [(r".*", "fast")], GROUPS)
 
 
-def test_weight_decay_skips_biases_norms_and_embeddings():
+# Our parameter path -> the official parameter name (TencentARC/TVTS v2; docs/published_recipe.md, "Parameter
+# names"). Stacked layers have no index in our paths; 'N' stands for it (resblocks.N, blocks.N). Patterns fullmatch.
+OFFICIAL_NAMES = [
+    # video tower: v2/model/video_encoder_ViT_{B_16,B_32,H_14}.py, attribute `video_model`
+    (r"video/patch_embed/kernel", "video_model.conv1.weight"),
+    (r"video/cls_token", "video_model.class_embedding"),
+    (r"video/pos_embedding", "video_model.positional_embedding"),
+    (r"video/temporal_embedding", "video_model.temporal_embedding"),
+    (r"video/(ln_pre|ln_post)/norm/scale", r"video_model.\1.weight"),
+    (r"video/(ln_pre|ln_post)/norm/bias", r"video_model.\1.bias"),
+    (r"video/proj", "video_model.proj"),
+    (r"video/blocks/attn/qkv/kernel", "video_model.transformer.resblocks.N.attn.qkv.weight"),
+    (r"video/blocks/attn/qkv/bias", "video_model.transformer.resblocks.N.attn.qkv.bias"),
+    (r"video/blocks/attn/out/kernel", "video_model.transformer.resblocks.N.attn.proj.weight"),
+    (r"video/blocks/attn/out/bias", "video_model.transformer.resblocks.N.attn.proj.bias"),
+    (r"video/blocks/time_attn/qkv/kernel", "video_model.transformer.resblocks.N.timeattn.qkv.weight"),
+    (r"video/blocks/time_attn/qkv/bias", "video_model.transformer.resblocks.N.timeattn.qkv.bias"),
+    (r"video/blocks/time_attn/out/kernel", "video_model.transformer.resblocks.N.timeattn.proj.weight"),
+    (r"video/blocks/time_attn/out/bias", "video_model.transformer.resblocks.N.timeattn.proj.bias"),
+    (r"video/blocks/(ln_[123])/norm/scale", r"video_model.transformer.resblocks.N.\1.weight"),
+    (r"video/blocks/(ln_[123])/norm/bias", r"video_model.transformer.resblocks.N.\1.bias"),
+    (r"video/blocks/mlp/fc/(kernel|bias)", "video_model.transformer.resblocks.N.mlp.c_fc.{}"),
+    (r"video/blocks/mlp/proj/(kernel|bias)", "video_model.transformer.resblocks.N.mlp.c_proj.{}"),
+    # text tower: CLIP's (v2/CLIP/clip/model.py; v2/OpenCLIP/transformer.py for H/14), attributes text_*
+    (r"text/token_embedding", "text_token_embedding.weight"),
+    (r"text/positional_embedding", "text_positional_embedding"),
+    (r"text/(frozen|tuned)_blocks/attn/qkv/kernel", "text_model.resblocks.N.attn.in_proj_weight"),
+    (r"text/(frozen|tuned)_blocks/attn/qkv/bias", "text_model.resblocks.N.attn.in_proj_bias"),
+    (r"text/(frozen|tuned)_blocks/attn/out/(kernel|bias)", "text_model.resblocks.N.attn.out_proj.{}"),
+    (r"text/(frozen|tuned)_blocks/(ln_[12])/norm/(scale|bias)", r"text_model.resblocks.N.\2.{}"),
+    (r"text/(frozen|tuned)_blocks/mlp/fc/(kernel|bias)", "text_model.resblocks.N.mlp.c_fc.{}"),
+    (r"text/(frozen|tuned)_blocks/mlp/proj/(kernel|bias)", "text_model.resblocks.N.mlp.c_proj.{}"),
+    (r"text/ln_final/norm/(scale|bias)", "text_ln_final.{}"),
+    (r"text/text_projection", "text_projection"),
+    # sort head: v2/model/sort_transformer.py (SortTransformer / AttnBlock), attribute `pred_model`
+    (r"sort_head/type_embedding", "pred_model.type_embed"),
+    (r"sort_head/block_(\d+)/ln_1/norm/(scale|bias)", r"pred_model.blocks.\1.norm1.{}"),
+    (r"sort_head/block_(\d+)/ln_2/norm/(scale|bias)", r"pred_model.blocks.\1.norm2.{}"),
+    (r"sort_head/block_(\d+)/attn/qkv/(kernel|bias)", r"pred_model.blocks.\1.attn.qkv.{}"),
+    (r"sort_head/block_(\d+)/attn/out/(kernel|bias)", r"pred_model.blocks.\1.attn.proj.{}"),
+    (r"sort_head/block_(\d+)/mlp/fc/(kernel|bias)", r"pred_model.blocks.\1.mlp.fc1.{}"),
+    (r"sort_head/block_(\d+)/mlp/proj/(kernel|bias)", r"pred_model.blocks.\1.mlp.fc2.{}"),
+    (r"sort_head/ln/norm/(scale|bias)", "pred_model.norm.{}"),
+    (r"sort_head/classifier/(kernel|bias)", "pred_model.head.{}"),
+]
+TORCH_SUFFIX = {"kernel": "weight", "scale": "weight", "bias": "bias"}
+
+
+def official_name(path: str) -> str:
+    hits = [(m, name) for pattern, name in OFFICIAL_NAMES if (m := re.fullmatch(pattern, path))]
+    assert len(hits) == 1, f"{path}: {len(hits)} rows of OFFICIAL_NAMES match"
+    m, name = hits[0]
+    name = m.expand(name)
+    return name.format(TORCH_SUFFIX[path.rsplit("/", 1)[1]]) if "{}" in name else name
+
+
+def official_decays(name: str) -> bool:
+    """v2/train_dist_TVTSv2_ViT_B_16.py:67 and :78: no decay if any of these occurs in the parameter's name."""
+    return not any(nd in name for nd in ["bias", "LayerNorm", "ln_", "norm"])
+
+
+def test_official_name_table_examples():
+    assert official_name("video/blocks/time_attn/out/kernel") == "video_model.transformer.resblocks.N.timeattn.proj.weight"
+    assert official_name("text/tuned_blocks/ln_2/norm/scale") == "text_model.resblocks.N.ln_2.weight"
+    assert official_name("text/frozen_blocks/attn/out/bias") == "text_model.resblocks.N.attn.out_proj.bias"
+    assert official_name("sort_head/block_1/ln_2/norm/bias") == "pred_model.blocks.1.norm2.bias"
+    assert official_name("sort_head/block_0/mlp/proj/kernel") == "pred_model.blocks.0.mlp.fc2.weight"
+    assert official_name("sort_head/ln/norm/scale") == "pred_model.norm.weight"
+    assert official_name("video/ln_post/norm/bias") == "video_model.ln_post.bias"
+
+
+def _published_no_decay():
+    """The config's published no_decay (configs/pretrain.py sets optim.PUBLISHED_NO_DECAY for CLIP variants)."""
+    return load_config("configs/pretrain.py:variant=B/16").optim.no_decay
+
+
+@pytest.mark.parametrize("variant", ["tiny", "B/16"])
+@pytest.mark.parametrize("source", ["constant", "config"])
+def test_weight_decay_mask_is_the_official_rule(variant, source):
+    """Every parameter is decayed exactly when the official rule decays its official name."""
+    no_decay = optim.PUBLISHED_NO_DECAY if source == "constant" else _published_no_decay()
+    names = optim.param_names(nn.unbox(abstract_params(decode_variant(variant))))
+    wrong = [(n, official_name(n)) for n in names if optim.decays(n, no_decay) != official_decays(official_name(n))]
+    assert not wrong, wrong
+    decayed = {n for n in names if optim.decays(n, no_decay)}
+    # what the old rule '(bias|scale|embedding|cls_token)$' left out, the published one decays
+    for name in ["video/pos_embedding", "video/temporal_embedding", "video/cls_token", "video/proj",
+                 "video/patch_embed/kernel", "text/token_embedding", "text/positional_embedding",
+                 "text/text_projection", "sort_head/type_embedding", "sort_head/classifier/kernel"]:
+        assert name in decayed, name
+    for name in ["video/blocks/ln_3/norm/scale", "sort_head/block_0/ln_1/norm/scale", "sort_head/ln/norm/bias",
+                 "text/ln_final/norm/scale", "video/blocks/time_attn/qkv/bias"]:
+        assert name not in decayed, name
+
+
+def test_decays_applies_a_regex():
     no_decay = r"(bias|scale|embedding|cls_token)$"
     assert optim.decays("video/blocks/attn/qkv/kernel", no_decay)
-    assert optim.decays("video/proj", no_decay)
-    for name in ["video/blocks/attn/qkv/bias", "video/ln_pre/norm/scale", "video/pos_embedding",
-                 "video/temporal_embedding", "text/token_embedding", "video/cls_token"]:
+    for name in ["video/blocks/attn/qkv/bias", "video/ln_pre/norm/scale", "video/temporal_embedding"]:
         assert not optim.decays(name, no_decay), name
 
 

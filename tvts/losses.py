@@ -11,23 +11,38 @@ import jax.numpy as jnp
 import optax
 
 
-def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
+def l2_normalize(x: jax.Array, eps: float = 1e-8) -> jax.Array:
+    """x / max(||x||, eps) along the last axis, in float32: the published `sim_matrix` clamps each vector's own
+    norm at eps = 1e-8 (docs/published_recipe.md, "Objectives")."""
     x = x.astype(jnp.float32)
     return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
-def contrastive_loss(video_emb: jax.Array, text_emb: jax.Array, temperature: float = 0.05
+def cosine_similarity(a: jax.Array, b: jax.Array, eps: float = 1e-8) -> jax.Array:
+    """a [N, E], b [M, E] -> [N, M] cosine similarities; each norm is clamped at eps separately (not the product)."""
+    return l2_normalize(a, eps) @ l2_normalize(b, eps).T
+
+
+REDUCTIONS = ("sum", "mean")
+
+
+def contrastive_loss(video_emb: jax.Array, text_emb: jax.Array, temperature: float = 0.05, reduction: str = "sum"
                      ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """video_emb [B, E], text_emb [B, E]; pair i is video i with text i.
 
-    loss = (CE(video->text) + CE(text->video)) / 2 over cosine similarity / temperature.
+    logits = cosine similarity / temperature. CE(video->text) and CE(text->video) are each a mean over the batch;
+    reduction 'sum' (published: `-loss_i - loss_j`) adds the two directions, 'mean' averages them (half the
+    loss and half the gradient of 'sum'; the tiny demo's setting).
     """
-    logits = l2_normalize(video_emb) @ l2_normalize(text_emb).T / temperature
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown contrastive reduction {reduction!r}; use one of {REDUCTIONS}")
+    logits = cosine_similarity(video_emb, text_emb) / temperature
     labels = jnp.arange(logits.shape[0])
     v2t = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     t2v = optax.softmax_cross_entropy_with_integer_labels(logits.T, labels).mean()
     acc = (jnp.argmax(logits, axis=1) == labels).mean()
-    return (v2t + t2v) / 2, {"contrastive_v2t": v2t, "contrastive_t2v": t2v, "batch_v2t_acc": acc}
+    loss = v2t + t2v if reduction == "sum" else (v2t + t2v) / 2
+    return loss, {"contrastive_v2t": v2t, "contrastive_t2v": t2v, "batch_v2t_acc": acc}
 
 
 def transcript_text_embedding(transcript_emb: jax.Array) -> jax.Array:

@@ -34,14 +34,18 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 
 
 class LayerNorm(nn.Module):
-    """LayerNorm computed in float32 whatever the compute dtype; returns the compute dtype."""
+    """LayerNorm computed in float32 whatever the compute dtype; returns the compute dtype.
+
+    The variance is computed in two passes, mean((x - mean(x))^2), as PyTorch's LayerNorm does: the one-pass
+    E[x^2] - E[x]^2 loses every digit of a small spread on a large mean in float32.
+    """
 
     epsilon: float = 1e-5
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = nn.LayerNorm(epsilon=self.epsilon, dtype=jnp.float32, param_dtype=jnp.float32,
+        y = nn.LayerNorm(epsilon=self.epsilon, dtype=jnp.float32, param_dtype=jnp.float32, use_fast_variance=False,
                          scale_init=logical(nn.initializers.ones, ("embed",)),
                          bias_init=logical(nn.initializers.zeros, ("embed",)), name="norm")(
                              x.astype(jnp.float32))

@@ -28,13 +28,16 @@ class TVTSv2(nn.Module):
     variant: Variant
     dtype: Dtype = jnp.float32
     remat: str = "none"
-    temporal_init_std: float = 0.0  # see VideoEncoder; 0 = the published zeros
+    # temporal embedding init (see VideoEncoder): < 0 the published N(0, width^-0.5); 0 zeros; > 0 N(0, value)
+    temporal_init_std: float = -1.0
+    # sort-head type embedding init (see SortHead): 0 the published zeros; > 0 N(0, value)
+    sort_type_init_std: float = 0.0
 
     def setup(self):
         v = self.variant
         self.video = VideoEncoder(v.video, v.joint_dim, v.act, self.dtype, self.remat, self.temporal_init_std)
         self.text = TextEncoder(v.text, v.joint_dim, v.act, self.dtype, self.remat)
-        self.sort_head = SortHead(v.sort_head, self.dtype)
+        self.sort_head = SortHead(v.sort_head, self.dtype, self.sort_type_init_std)
 
     def encode_video(self, video: jax.Array, keep: jax.Array | None = None) -> jax.Array:
         """[B, T, H, W, 3] -> all projected tokens [B, 1 + T*n_keep, E] (float32)."""

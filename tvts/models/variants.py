@@ -2,7 +2,7 @@
 
 `decode_variant('H/14')` returns a frozen `Variant`; nothing mutates it. Overrides
 (for tests or ablations) go through `dataclasses.replace`, which builds a new value.
-Published variants follow REFERENCE.md; g/14 and G/14 reuse OpenCLIP's ViT-g/14 and
+Published variants follow docs/published_recipe.md; g/14 and G/14 reuse OpenCLIP's ViT-g/14 and
 ViT-bigG/14 towers and go beyond the paper.
 """
 from __future__ import annotations
@@ -93,7 +93,7 @@ _VARIANTS: dict[str, Variant] = {
     for v in (
         # tiny: 8 video heads of 8 dims, not 4 of 16. Trained on the first event's motion from all 12 frames
         # (tools/learnability.py, 600 steps), 4 heads stay at chance (0.26) and 8 heads reach 0.96
-        # (README, "How the tiny recipe got there").
+        # (docs/tiny_recipe.md, "How the tiny recipe got there").
         Variant("tiny", VideoTower(width=64, depth=2, heads=8, mlp_dim=256, patch_size=8, image_size=32),
                 TextTower(width=64, depth=3, heads=4, num_frozen=1, context_length=32),
                 SortHeadConfig(width=64, heads=4), joint_dim=64, act="gelu", mask_ratio=0.5, init="random"),

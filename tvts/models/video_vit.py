@@ -3,7 +3,7 @@
 Token layout throughout: x [B, 1 + T*N, D] = CLS followed by the patch tokens of frame 0,
 then frame 1, ... (N patches per frame, after masking N = n_keep).
 
-Block (REFERENCE.md, exactly):
+Block (docs/published_recipe.md, "Video encoder"), exactly:
     t = time_attn(ln_3(x))      attention across frames at each patch position
     s = attn(ln_1(x + t))       attention across patches within each frame
     x = x + s                   t itself is not added to the residual
@@ -97,10 +97,12 @@ class VideoEncoder(nn.Module):
     act: str
     dtype: Dtype = jnp.float32
     remat: str = "none"
-    # The published init is zeros (the CLIP-initialised tower starts as the image model). Training from random
-    # weights needs a frame code from the start: with zeros, nothing tells the sort head which frame a token came
-    # from until the embedding has learned it, and it only learns that once the head uses it.
-    temporal_init_std: float = 0.0
+    # Init of the temporal embedding: < 0 (default) the published N(0, width^-0.5), like CLIP's other embeddings
+    # (docs/published_recipe.md, "Video encoder"); > 0 N(0, temporal_init_std) (the tiny demo uses 1.0: trained
+    # from random weights, the sort head needs a strong frame code from the start); 0 zeros (an ablation: the
+    # tower then starts as the image model, and nothing tells the sort head which frame a token came from until
+    # the embedding has learned it).
+    temporal_init_std: float = -1.0
 
     @nn.compact
     def __call__(self, video: jax.Array, keep: jax.Array | None = None) -> jax.Array:
@@ -116,8 +118,8 @@ class VideoEncoder(nn.Module):
         x = x.reshape(b, t, cfg.num_patches, cfg.width)
 
         pos = self.param("pos_embedding", logical(embed_init, (None, "embed")), (cfg.num_patches + 1, cfg.width))
-        temporal_init = nn.initializers.normal(self.temporal_init_std) if self.temporal_init_std else nn.initializers.zeros
-        temporal = self.param("temporal_embedding", logical(temporal_init, (None, "embed")),
+        temporal = self.param("temporal_embedding", logical(temporal_init(self.temporal_init_std, cfg.width),
+                                                            (None, "embed")),
                               (cfg.max_frames, cfg.width))
         cls = self.param("cls_token", logical(embed_init, ("embed",)), (cfg.width,))
         x = x + (pos[None, None, 1:] + temporal[None, :t, None]).astype(self.dtype)
@@ -139,3 +141,10 @@ class VideoEncoder(nn.Module):
 
 def default_proj_init(width: int):
     return nn.initializers.normal(stddev=width**-0.5)
+
+
+def temporal_init(std: float, width: int):
+    """std < 0: the published N(0, width^-0.5); 0: zeros; > 0: N(0, std)."""
+    if std < 0:
+        return nn.initializers.normal(stddev=width**-0.5)
+    return nn.initializers.normal(stddev=std) if std else nn.initializers.zeros
