@@ -142,7 +142,7 @@ class SyntheticHeldout(Evaluator):
         if final:
             out.update({f"chance/{k}": v for k, v in self.chance().items()})
         if final and self.output_dir is not None:
-            from tvts.evaluators.plots import plot_recall_curves
+            from tvts.plots import plot_recall_curves
 
             curves = {"trained": results["trained"][1]}
             if "init" in results:
