@@ -56,6 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.schedule = "warmup_cosine"
     c.optim.warmup_steps = 100
     c.optim.b2 = 0.98
+    c.optim.eps_placement = "optax"
     c.optim.no_decay = r"(bias|scale|embedding|cls_token)$"
 
     c.eval_references = ("no_time_attn", "init") if args.eval else ()

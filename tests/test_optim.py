@@ -4,6 +4,8 @@ import re
 import flax.linen as nn
 import flax.traverse_util as traverse_util
 import jax
+import jax.numpy as jnp
+import optax
 import numpy as np
 import pytest
 
@@ -207,3 +209,47 @@ def test_partition_and_merge_round_trip():
     trainable, frozen = optim.partition(tree, labels)
     assert trainable == {"a": {"x": 1}, "b": 3} and frozen == {"a": {"y": 2}}
     assert optim.merge(trainable, frozen) == tree
+
+
+def _transformers_adamw_numpy(p, grads, lr, b1, b2, eps, wd):
+    """transformers.AdamW (v4.10, the version the official code pins), its update written out in NumPy:
+    denom = sqrt(v) + eps; p -= lr * sqrt(bc2) / bc1 * m / denom; then p -= lr * wd * p."""
+    m = np.zeros_like(p)
+    v = np.zeros_like(p)
+    for t, g in enumerate(grads, start=1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        p = p - lr * np.sqrt(1 - b2**t) / (1 - b1**t) * m / (np.sqrt(v) + eps)
+        p = p - lr * wd * p
+    return p
+
+
+def test_the_published_adamw_places_eps_as_transformers_does():
+    from tvts.config import base_config, parse_arg
+
+    cfg = base_config(parse_arg(None, variant="tiny", data="synthetic")).optim
+    assert (cfg.b1, cfg.b2, cfg.eps, cfg.eps_placement) == (0.9, 0.999, 1e-6, "transformers")
+    rng = np.random.default_rng(0)
+    p0 = rng.normal(size=(64,)).astype(np.float64)
+    # gradients small enough that eps matters: optax's placement gives a visibly different trajectory
+    grads = [1e-6 * rng.normal(size=(64,)) for _ in range(5)]
+    lr, wd = 1e-2, 0.05
+    expected = _transformers_adamw_numpy(p0, grads, lr, cfg.b1, cfg.b2, cfg.eps, wd)
+
+    with jax.enable_x64(True):
+        def run(tx):
+            params = jnp.asarray(p0)
+            state = tx.init(params)
+            for g in grads:
+                updates, state = tx.update(jnp.asarray(g), state, params)
+                params = optax.apply_updates(params, updates)
+            return np.asarray(params)
+
+        mask = lambda params: jax.tree.map(lambda _: True, params)
+        ours = run(optim.adamw(optax.constant_schedule(lr), cfg, mask))
+        with cfg.unlocked():
+            cfg.eps_placement = "optax"
+        plain = run(optim.adamw(optax.constant_schedule(lr), cfg, mask))
+    # transformers decays the already-updated p: a second-order difference, lr^2 * wd * |direction| ~ 5e-6 per step
+    np.testing.assert_allclose(ours, expected, atol=5e-5, rtol=0)
+    assert np.abs(plain - expected).max() > 1e-3

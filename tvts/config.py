@@ -102,6 +102,7 @@ def base_config(args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         b1=0.9,
         b2=0.999,
         eps=1e-6,
+        eps_placement="transformers",  # eps joins sqrt(v) before the bias correction, as transformers.AdamW
         weight_decay=0.05,
         no_decay=_published_no_decay(),
     )

@@ -137,6 +137,44 @@ def decays(name: str, no_decay: str) -> bool:
     return re.search(no_decay, name) is None
 
 
+def scale_by_transformers_adam(b1: float, b2: float, eps: float) -> optax.GradientTransformation:
+    """Adam's direction as `transformers.AdamW` computes it (the published optimizer, docs/published_recipe.md):
+    eps is added to sqrt(v) before the bias correction, m / bc1 * sqrt(bc2) / (sqrt(v) + eps), where optax adds it
+    after, m_hat / (sqrt(v_hat) + eps). At b2 = 0.999 the published eps 1e-6 then acts as 3e-5 on the first update.
+    optax has no switch for this, hence written here; the state is optax's ScaleByAdamState, so checkpoints are
+    interchangeable."""
+
+    def init(params):
+        zeros = lambda: jax.tree.map(jnp.zeros_like, params)
+        return optax.ScaleByAdamState(count=jnp.zeros([], jnp.int32), mu=zeros(), nu=zeros())
+
+    def update(updates, state, params=None):
+        del params
+        mu = optax.tree.update_moment(updates, state.mu, b1, 1)
+        nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
+        count = optax.safe_increment(state.count)
+        t = count.astype(jnp.float32)
+        step = jnp.sqrt(1 - b2**t) / (1 - b1**t)
+        direction = jax.tree.map(lambda m, v: step * m / (jnp.sqrt(v) + eps), mu, nu)
+        return direction, optax.ScaleByAdamState(count=count, mu=mu, nu=nu)
+
+    return optax.GradientTransformation(init, update)
+
+
+def adamw(learning_rate: optax.Schedule, cfg: Any, mask) -> optax.GradientTransformation:
+    """AdamW with eps placed as `cfg.eps_placement` says: 'transformers' (published) or 'optax'. Weight decay is
+    decoupled (lr x weight_decay x p) in both; transformers decays the already-updated p, a second-order difference
+    (lr^2 x weight_decay x direction) left out here."""
+    if cfg.eps_placement == "optax":
+        return optax.adamw(learning_rate, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                           mask=mask)
+    if cfg.eps_placement != "transformers":
+        raise ValueError(f"config.optim.eps_placement={cfg.eps_placement!r}: use 'transformers' or 'optax'")
+    return optax.chain(scale_by_transformers_adam(cfg.b1, cfg.b2, cfg.eps),
+                       optax.add_decayed_weights(cfg.weight_decay, mask),
+                       optax.scale_by_learning_rate(learning_rate))
+
+
 def held(inner: optax.GradientTransformation) -> optax.GradientTransformation:
     """`inner`'s state, kept as it is: zero updates, and `inner` is not run (its step count does not advance)."""
     return optax.GradientTransformation(inner.init, lambda updates, state, params=None: (
@@ -168,7 +206,6 @@ def make_optimizer(cfg: Any, labels: Any, total_updates: int, group_starts: Mapp
     def wd_mask(params):
         return jax.tree_util.tree_map_with_path(lambda p, _: decays(path_str(p), cfg.no_decay), params)
 
-    transforms = {g: optax.adamw(own[g], b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
-                                 mask=wd_mask) for g in present}
+    transforms = {g: adamw(own[g], cfg, wd_mask) for g in present}
     transforms = {g: held(t) if g in waiting else t for g, t in transforms.items()}
     return optax.multi_transform(transforms, trainable_labels), schedules
