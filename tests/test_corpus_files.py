@@ -1,25 +1,27 @@
-"""Synthetic corpus written as YT-Temporal / WebVid files: decode back, annotations, CSV, labels,
-the transcript sampler on the written json, and the make_corpus tool."""
+"""Synthetic corpus written as YT-Temporal / WebVid files (tvts.data.synthetic_files): decode back
+(tvts.data.video_io), annotations, CSV (tvts.data.metadata), labels, the transcript sampler on the written json,
+and the make_corpus tool."""
 import csv
-import importlib.util
 import json
 import os
 
 import numpy as np
 import pytest
 
-from tvts.data import corpus_files as cf
+from tools import make_corpus
 from tvts.data import transcripts as T
+from tvts.data.metadata import read_webvid_csv, read_yttemporal_csv
 from tvts.data.synthetic import SyntheticConfig, SyntheticCorpus
+from tvts.data.synthetic_files import write_split
+from tvts.data.video_io import decode_mp4, encode_mp4, file_frame_times
 
 N_T, N_C = 3, 2
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope='module')
 def written(tmp_path_factory):
     root = str(tmp_path_factory.mktemp('corpus'))
-    summary = cf.write_split(root, 'val', N_T, N_C, SyntheticConfig())
+    summary = write_split(root, 'val', N_T, N_C, SyntheticConfig())
     return root, summary, SyntheticCorpus(SyntheticConfig(), 'val')
 
 
@@ -30,12 +32,12 @@ def load_ann(root, subset, vid):
 
 def test_mp4_decodes_to_the_renderer(written):
     root, summary, corpus = written
-    names = cf.read_yttemporal_csv(summary['yttemporal_csv'])
+    names = read_yttemporal_csv(summary['yttemporal_csv'])
     assert len(names) == N_T
     for i, name in enumerate(names):
         video = corpus.video(i)
         assert name == f"{summary['subset']}/data/{video.id}.mp4"
-        frames, times = cf.decode_mp4(os.path.join(root, 'videos', name))
+        frames, times = decode_mp4(os.path.join(root, 'videos', name))
         ann = load_ann(root, summary['subset'], video.id)
         n = int(np.ceil(video.duration * 8))
         assert frames.shape == (n, 32, 32, 3) and ann['info']['num_frames'] == n
@@ -101,7 +103,7 @@ def test_webvid_csv_and_files(written):
         assert videoid == sample['id'] and name == sample['caption'] and ',' in name
         path = os.path.join(root, 'videos', page_dir, videoid + '.mp4')
         assert os.path.isfile(path)
-        frames, times = cf.decode_mp4(path)
+        frames, times = decode_mp4(path)
         video = corpus.video(i, 'captioned')
         assert len(frames) == int(np.ceil(video.duration * 8))
         assert np.abs(frames.astype(np.int16) - video.render(times).astype(np.int16)).mean() < 6.0
@@ -121,29 +123,25 @@ def test_labels_json(written):
 def test_mpeg4_codec(tmp_path):
     video = SyntheticCorpus().video(0, 'captioned')
     path = str(tmp_path / 'v.mp4')
-    ref = video.render(cf.file_frame_times(video.duration, 8))
-    cf.encode_mp4(path, ref, 8, codec='mpeg4')
-    frames, _ = cf.decode_mp4(path)
+    ref = video.render(file_frame_times(video.duration, 8))
+    encode_mp4(path, ref, 8, codec='mpeg4')
+    frames, _ = decode_mp4(path)
     assert frames.shape == ref.shape
     assert np.abs(frames.astype(np.int16) - ref.astype(np.int16)).mean() < 6.0
 
 
 def test_make_corpus_tool(tmp_path, capsys):
-    path = os.path.join(REPO, 'tools', 'make_corpus.py')
-    spec = importlib.util.spec_from_file_location('make_corpus', path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
     root = str(tmp_path / 'c')
-    tool.main(['--root', root, '--split', 'test', '--num_transcribed', '2', '--num_captioned', '1',
-               '--subset', 'subset_7'])
+    make_corpus.main(['--root', root, '--split', 'test', '--num_transcribed', '2', '--num_captioned', '1',
+                      '--subset', 'subset_7'])
     out = capsys.readouterr()
     assert 'wrote 2 transcribed' in out.out and '1 captioned' in out.out
     assert '3/3 videos' in out.err
-    names = cf.read_yttemporal_csv(os.path.join(root, 'meta_data', 'yttemporal_test.csv'))
+    names = read_yttemporal_csv(os.path.join(root, 'meta_data', 'yttemporal_test.csv'))
     assert names == ['subset_7/data/synth_test_t0000000.mp4', 'subset_7/data/synth_test_t0000001.mp4']
     assert all(os.path.isfile(os.path.join(root, 'videos', n)) for n in names)
     assert os.path.isfile(os.path.join(root, 'videos', 'subset_7', 'annotations', 'synth_test_t0000001.json'))
-    rows = cf.read_webvid_csv(os.path.join(root, 'meta_data', 'webvid_test.csv'))
+    rows = read_webvid_csv(os.path.join(root, 'meta_data', 'webvid_test.csv'))
     assert [r['videoid'] for r in rows] == ['synth_test_c0000000']
     with open(os.path.join(root, 'meta_data', 'labels_test.json')) as f:
         assert len(json.load(f)) == 3

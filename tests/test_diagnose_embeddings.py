@@ -1,17 +1,11 @@
-"""tools/diagnose_embeddings.py: attribute swaps in transcripts and the text-swap cosines."""
-import importlib.util
-from pathlib import Path
-
+"""tools.research.diagnose_embeddings: attribute swaps in transcripts and the text-swap cosines."""
 import numpy as np
 import pytest
+from helpers import tiny_config
 
+from tools.research import diagnose_embeddings as diag
 from tvts.data.synthetic import COLOURS, SHAPES, SyntheticConfig, SyntheticCorpus
 from tvts.data.tokenizer import get_tokenizer
-
-spec = importlib.util.spec_from_file_location("diagnose_embeddings",
-                                              Path(__file__).parents[1] / "tools" / "diagnose_embeddings.py")
-diag = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(diag)
 
 
 def test_swap_replaces_exactly_the_events_attribute_word():
@@ -47,7 +41,7 @@ class ColourOnlyText:
         self.ids = np.array([int(tokenizer([c], 8)[0, 1]) for c in COLOURS])
         self.vectors = np.random.default_rng(0).normal(size=(len(COLOURS), 16))
 
-    def text_embedding(self, params, tokens):
+    def encode_text(self, tokens):
         counts = (tokens[:, :, None] == self.ids).sum(1)   # [B, colours]
         return counts @ self.vectors + 1e-3  # + a constant so no embedding is zero
 
@@ -55,7 +49,16 @@ class ColourOnlyText:
 def test_text_swap_cosines_see_what_the_text_tower_ignores():
     tokenizer = get_tokenizer(32)
     transcripts = [f"now the {c} {s} moves to the left" for c in COLOURS for s in SHAPES]
-    cos = diag.text_swap_cosines(ColourOnlyText(tokenizer), None, tokenizer, 32, transcripts)
+    cos = diag.text_swap_cosines(ColourOnlyText(tokenizer), tokenizer, 32, transcripts)
     np.testing.assert_allclose(cos["text_cosine_after_shape_swap"], 1.0, atol=1e-9)
     np.testing.assert_allclose(cos["text_cosine_after_motion_swap"], 1.0, atol=1e-9)
     assert cos["text_cosine_after_colour_swap"] < 0.5
+
+
+@pytest.mark.slow
+def test_diagnose_the_random_init_of_a_tiny_model(tmp_path):
+    out = diag.diagnose(tiny_config(), str(tmp_path), init=True, num_videos=16, num_probe_train=32, batch=16)
+    assert set(out) == ({f"text_cosine_after_{a}_swap" for a in diag.ATTRIBUTE_WORDS}
+                        | {f"{p}{label}" for p in ("probe_", "probe_pooled_", "base_") for label in diag.PROBE_LABELS})
+    assert all(-1.0 <= out[f"text_cosine_after_{a}_swap"] <= 1.0 for a in diag.ATTRIBUTE_WORDS)
+    assert all(0.0 <= out[f"probe_{label}"] <= 100.0 for label in diag.PROBE_LABELS)

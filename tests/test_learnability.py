@@ -1,15 +1,9 @@
-"""tools/learnability.py: the inputs it classifies are the first event's frames and labels."""
-import importlib.util
-from pathlib import Path
-
+"""tools.research.learnability: the inputs it classifies are the first event's frames and labels."""
 import numpy as np
 import pytest
 
+from tools.research import learnability
 from tvts.data.synthetic import MOTIONS, SHAPES, SyntheticConfig, SyntheticCorpus
-
-spec = importlib.util.spec_from_file_location("learnability", Path(__file__).parents[1] / "tools" / "learnability.py")
-learnability = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(learnability)
 
 
 @pytest.mark.parametrize("frames", [1, 3, 12])

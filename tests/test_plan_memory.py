@@ -1,12 +1,10 @@
-"""tools/plan_memory.py: per-device bytes from the real compiled train step, checked against hand computation.
+"""tools.plan_memory: per-device bytes from the real compiled train step, checked against hand computation.
 
 Tiny variant on the 8 simulated devices of conftest.py: fsdp=8 (parameters and Adam moments split 8 ways,
 weights all-gathered) against data=8 (everything replicated, gradients all-reduced).
 """
-import importlib.util
 import json
 import math
-import os
 
 import jax
 import jax.numpy as jnp
@@ -14,12 +12,8 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from tvts import train
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location("plan_memory", os.path.join(ROOT, "tools", "plan_memory.py"))
-pm = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(pm)
+from tools import plan_memory as pm
+from tvts.state import make_setup
 
 DOCUMENTED_KEYS = {"status", "stage", "error", "settings", "params", "per_device_bytes", "memory_analysis", "flops",
                    "collectives", "fits", "timing", "host", "notes"}
@@ -38,7 +32,7 @@ def plans():
 def _hand_bytes(config):
     """(total param bytes, per-device param bytes, per-device trained param bytes) from the partition specs alone:
     a leaf is split by the product of the sizes of the mesh axes its spec names (8 or 1 here)."""
-    setup = train.make_setup(config)
+    setup = make_setup(config)
     params = traverse_util.flatten_dict(setup.abstract_state["params"])
     shardings = traverse_util.flatten_dict(setup.params_sharding)
     labels = traverse_util.flatten_dict(setup.labels)
@@ -56,7 +50,7 @@ def _hand_bytes(config):
 
 
 def test_parameter_and_optimizer_bytes_match_hand_computation(plans):
-    for name, (result, config) in plans.items():
+    for result, config in plans.values():
         assert result["status"] == "ok", result["error"]
         total, per_device, trained = _hand_bytes(config)
         d = result["per_device_bytes"]
@@ -123,6 +117,7 @@ def test_cli_reports_a_batch_that_does_not_divide_the_mesh(tmp_path, capsys):
     assert DOCUMENTED_KEYS <= set(result)
     assert result["status"] == "failed" and result["stage"] == "lower"
     assert "not divisible" in result["error"]
+    assert result["settings"]["command"].startswith("python -m tools.plan_memory --variant tiny")
     assert "FAILED" in capsys.readouterr().out
 
 

@@ -1,17 +1,18 @@
 """Train-step time of config variants, measured in one run (ratios are what to quote).
 
-    python tools/bench_step.py [--variant tiny] [--source transcribed|captioned] [--steps 20] [--rounds 3]
+    python -m tools.bench_step [--variant tiny] [--source transcribed|captioned] [--steps 20] [--rounds 3]
         [--out step_times.json]
 
-Cases: the default step; text embeddings frozen too (no backward pass through the frozen text
-blocks at all); tube-mask ratios 0 / 0.5 / 0.75 (compute falls with the number of kept patches);
-transcripts padded to the full context length instead of `data.transcript_length`; and the default
-step on the system allocator instead of mimalloc (tvts/allocator.py), timed in a worker process
-started with TVTS_ALLOCATOR=system. These use the published parameter groups, all training from the first
-update. For a recipe with delayed groups (tiny's text tower, `optim.group_start`), also its own rules at
-its first update (the delayed groups held: no backward pass through them) and at its last. Each case compiles once, runs `--warmup` steps, then times
-`--steps` steps; the cases are run in interleaved rounds so that machine noise hits them alike.
-Prints a table and writes JSON.
+The config is the variant's recipe: configs/demo.py for tiny, configs/pretrain.py (from random weights) for a
+published variant. Cases: the default step; text embeddings frozen too (no backward pass through the frozen text
+blocks at all); tube-mask ratios 0 / 0.5 / 0.75 (compute falls with the number of kept patches); transcripts
+padded to the full context length instead of `data.transcript_length`; and the default step on the system
+allocator instead of mimalloc (tvts/allocator.py), timed in a worker process started with TVTS_ALLOCATOR=system.
+These use the published parameter groups, all training from the first update. For a recipe with delayed groups
+(tiny's text tower, `optim.group_start`), also its own rules at its first update (the delayed groups held: no
+backward pass through them) and at its last. Each case compiles once, runs `--warmup` steps, then times `--steps`
+steps; the cases are run in interleaved rounds so that machine noise hits them alike. Prints a table and writes
+JSON.
 """
 from __future__ import annotations
 
@@ -27,12 +28,16 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import jax
 
-from tvts import allocator, sharding, train
-from tvts.config import apply_overrides, load_config
+from tools.common import recipe_config
+from tvts import allocator, sharding
+from tvts.config import apply_overrides
 from tvts.data.pipeline import make_sources
+from tvts.state import init_state, make_setup
+from tvts.step import make_train_step
 
 DEFAULT = "default (mask 0.5)"
 CASES = {
@@ -44,14 +49,15 @@ CASES = {
 }
 SYSTEM_ALLOCATOR = "system allocator (glibc malloc)"
 # The variant's own recipe (its rules and optim.group_start), timed at its first and last update: before and
-# after its delayed groups start (tvts.train.phase_of). Only for recipes with delayed groups (tiny).
+# after its delayed groups start (tvts.curriculum.Curriculum.phase). Only for recipes with delayed groups (tiny).
 RECIPE_CASES = {"recipe, delayed groups held (update 0)": 0, "recipe, every group started (last update)": -1}
 
 
 def make_config(variant: str, overrides: dict, recipe: bool = False):
-    config = load_config(f"configs/pretrain.py:variant={variant},eval=False")
+    config = recipe_config(variant)
     # the published groups (the switches below act on them) and losses, every group and term from update 0
-    published = {} if recipe else {"optim.rules": (), "optim.group_start": {}, "loss.transcribed_contrastive_start": 0.0}
+    published = {} if recipe else {"optim.rules": (), "optim.group_start": {},
+                                   "loss.transcribed_contrastive_start": 0.0}
     return apply_overrides(config, {"model.mask_ratio": 0.5, **published, **overrides})
 
 
@@ -61,20 +67,20 @@ class InProcess:
     def __init__(self, variant: str, overrides: dict, warmup: int, source: str = "transcribed",
                  recipe: bool = False, update: int = 0):
         config = make_config(variant, overrides, recipe)
-        setup = train.make_setup(config)
-        self.state = train.init_state(setup, jax.random.key(0))
-        self.step = train.make_train_step(setup, source)
+        setup = make_setup(config)
+        self.state = init_state(setup, jax.random.key(0))
+        self.step = make_train_step(setup, source)
         sources = make_sources(config.data, setup.model.variant.video.image_size, config.model.num_frames)
         self.batch = sharding.global_batch(sources[source].batch(0), setup.mesh)
-        self.update = update if update >= 0 else train.total_updates(config) + update
+        self.update = update if update >= 0 else setup.curriculum.total_updates + update
         self.time(warmup)
 
     def time(self, steps: int) -> float:
         t0 = time.perf_counter()
         for _ in range(steps):
-            self.state, metrics = self.step(self.state, self.batch, jax.random.key(1), update=self.update)
+            self.state, _ = self.step(self.state, self.batch, jax.random.key(1), update=self.update)
             self.update += 1
-        jax.block_until_ready(metrics)
+        jax.block_until_ready(self.state)  # the last step done (also with --warmup 0)
         return (time.perf_counter() - t0) / max(steps, 1)
 
 
@@ -84,9 +90,10 @@ class SystemAllocatorWorker:
     def __init__(self, variant: str, warmup: int, source: str):
         env = {**os.environ, allocator.OPT_OUT: "system"}
         env.pop("LD_PRELOAD", None)
-        self.proc = subprocess.Popen([sys.executable, __file__, "--worker", "--variant", variant,
+        # this module in a fresh interpreter, started in the repository root where `tools` is importable
+        self.proc = subprocess.Popen([sys.executable, "-m", __spec__.name, "--worker", "--variant", variant,
                                       "--warmup", str(warmup), "--source", source], env=env, stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
+                                     stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
         if self._read() != "ready":
             raise RuntimeError("the system-allocator worker did not start")
 
@@ -115,7 +122,8 @@ def worker(args):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", default="tiny")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
@@ -156,9 +164,9 @@ def main():
         results[name] = {"median_step_s": med, "all_rounds_s": ts, "ratio_to_default": med / base}
         print(f"{name:<44}{1000 * med:>18.1f}{med / base:>12.2f}")
     with open(args.out, "w") as f:
-        json.dump({"variant": args.variant, "source": args.source, "steps_per_round": args.steps, "devices": jax.device_count(),
-                   "allocator": "mimalloc" if allocator.mimalloc_loaded() else "system", "cases": results},
-                  f, indent=1)
+        json.dump({"variant": args.variant, "source": args.source, "steps_per_round": args.steps,
+                   "devices": jax.device_count(), "allocator": "mimalloc" if allocator.mimalloc_loaded() else "system",
+                   "cases": results}, f, indent=1)
     print(f"wrote {args.out}")
 
 

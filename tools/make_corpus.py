@@ -1,27 +1,24 @@
 """Write the synthetic corpus as real files (YT-Temporal + WebVid layouts) for one split.
 
-    python tools/make_corpus.py --root /tmp/synth --split train --num_transcribed 1000 \
+    python -m tools.make_corpus --root /tmp/synth --split train --num_transcribed 1000 \
         --num_captioned 1000 [--image_size 32] [--subset NAME] [--seed 0] [--fps 8] [--workers 2]
 
 Writes videos/<subset>/{data,annotations}/ (transcribed), videos/webvid_<split>_NNNNN/ (captioned),
 meta_data/{yttemporal,webvid}_<split>.csv and meta_data/labels_<split>.json; see
-tvts/data/corpus_files.py for the layout.
+tvts/data/synthetic_files.py for the layout.
 """
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
+from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from tvts.data import corpus_files  # noqa: E402
-from tvts.data.synthetic import SPLITS, SyntheticConfig  # noqa: E402
+from tvts.data import synthetic_files
+from tvts.data.synthetic import SPLITS, SyntheticConfig
 
 
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(prog=f'python -m {__spec__.name}', description=__doc__.split('\n')[0])
     p.add_argument('--root', required=True, help='output directory')
     p.add_argument('--split', default='train', choices=SPLITS)
     p.add_argument('--num_transcribed', type=int, default=0)
@@ -40,10 +37,10 @@ def main(argv=None) -> dict:
 
     config = SyntheticConfig(image_size=args.image_size, seed=args.seed)
     t0 = time.perf_counter()
-    summary = corpus_files.write_split(
+    summary = synthetic_files.write_split(
         args.root, args.split, args.num_transcribed, args.num_captioned, config,
         subset=args.subset, fps=args.fps, codec=args.codec, workers=args.workers,
-        progress=corpus_files._progress_printer(f'[make_corpus] {args.split}'))
+        progress=synthetic_files.progress_printer(f'[make_corpus] {args.split}'))
     dt = time.perf_counter() - t0
     print(f"[make_corpus] split={args.split}: wrote {summary['num_transcribed']} transcribed "
           f"(YT-Temporal, subset {summary['subset']}) and {summary['num_captioned']} captioned "

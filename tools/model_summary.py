@@ -1,6 +1,6 @@
 """Parameter counts of a TVTSv2 variant, by tower and by optimizer group, without allocating anything.
 
-    python tools/model_summary.py --variant H/14 [--freeze_text_embeddings] [--temporal_embedding_group new]
+    python -m tools.model_summary --variant H/14 [--freeze_text_embeddings] [--temporal_embedding_group new]
 
 The last line is `total_params <integer>`.
 """
@@ -34,7 +34,8 @@ def summarize(variant: str, freeze_text_embeddings: bool = False, temporal_embed
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", default="H/14", choices=VARIANT_NAMES)
     parser.add_argument("--freeze_text_embeddings", action="store_true")
     parser.add_argument("--temporal_embedding_group", default="clip", choices=("clip", "new"))

@@ -1,13 +1,15 @@
 """Per-device memory, FLOPs and collectives of the real TVTSv2 train step on a simulated TPU-pod mesh.
 
-    python tools/plan_memory.py --variant H/14 --devices 256 --mesh data=16,fsdp=16,tensor=1 \
+    python -m tools.plan_memory --variant H/14 --devices 256 --mesh data=16,fsdp=16,tensor=1 \
         --global_batch 1024 --frames 12 --mask_ratio 0.7 --remat full [--dtype bfloat16] [--grad_accum 1] \
         [--source transcribed|captioned] [--context_length 77] [--out tools/memory_plans/h14_256.json] \
         [--fast_compile] [--xla_option NAME=VALUE ...] [--dump_hlo FILE]
 
-The trainer's own jitted step (`tvts.train.make_train_step`) is lowered and compiled for `--devices` simulated
-CPU devices (`--xla_force_host_platform_device_count`, set by this script before jax is imported) with every
+The trainer's own jitted step (`tvts.step.make_train_step`) is lowered and compiled for `--devices` simulated
+CPU devices (`--xla_force_host_platform_device_count`, set by this tool before jax is imported) with every
 argument abstract (`jax.ShapeDtypeStruct` carrying the trainer's shardings): no parameter is ever allocated.
+The config is the variant's recipe (tiny: configs/demo.py; published variants: configs/pretrain.py) with the
+settings above, at its last update (every parameter group and loss term on).
 
 Where the numbers come from
 - params / optimizer / other state: per-device shard shapes of the trainer's shardings (`sharding.shard_shape`),
@@ -19,9 +21,9 @@ Where the numbers come from
 - FLOPs per device: `cost_analysis()['flops']` as XLA reports it, which counts a while-loop body ONCE (the scanned
   layer stacks run `depth` times); `hlo_flops` re-counts dot and convolution FLOPs from the compiled HLO with the
   loops' known trip counts (this is the executed matmul work, including remat recomputation); `model_flops` is the
-  analytic matmul + attention count of the architecture (forward x3 for trained parts, x2 where only activation
-  gradients flow, no recomputation), the MFU convention; `model_flops_with_remat` adds one whole recomputed forward
-  of the rematerialised stacks (an upper bound: XLA skips recomputing outputs no gradient needs);
+  analytic matmul + attention count of the architecture (`tvts.flops`: forward x3 for trained parts, x2 where only
+  activation gradients flow, no recomputation), the MFU convention; `model_flops_with_remat` adds one whole
+  recomputed forward of the rematerialised stacks (an upper bound: XLA skips recomputing outputs no gradient needs);
   `crude_6NT_global` is 6 x trained parameters x (video + text tokens) per clip, for comparison only (it charges
   every token to every parameter and counts the token-embedding gather as a matmul).
 - collectives: counted in the compiled HLO text by kind; `count`/`bytes` are static occurrences, `executed_*` multiply
@@ -47,7 +49,8 @@ import resource
 import sys
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 GiB = 1024**3
 HBM_GIB = {"TPU v5e (16 GiB)": 16, "TPU v4 (32 GiB)": 32, "TPU v5p (95 GiB)": 95}
@@ -234,39 +237,6 @@ def hlo_summary(text: str) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Analytic model FLOPs (matmuls and attention only)
-# ----------------------------------------------------------------------------------------------
-def analytic_flops(variant, batch: int, frames: int, n_keep: int, num_texts: int, text_len: int,
-                   remat: str) -> dict[str, float]:
-    """Global FLOPs of one train step. Trained parts cost 3x forward (forward + input and weight gradients);
-    the frozen text blocks 2x (they pass activation gradients on to the trained token embedding); the patch
-    embedding 2x (no input gradient); remat adds one forward of the rematerialised stacks."""
-    v, t, s = variant.video, variant.text, variant.sort_head
-    d, e = v.width, variant.joint_dim
-    length = 1 + frames * n_keep
-    block_params = 4 * d * d + 4 * d * d + 2 * d * v.mlp_dim  # time qkv+out, space qkv+out, mlp
-    video_block = 2 * length * block_params
-    video_block += 4 * d * (n_keep * frames * (frames + 1) + length)  # time attention (+ CLS row)
-    video_block += 4 * d * (frames * n_keep * (n_keep + 1) + length)  # space attention (+ CLS row)
-    video_blocks = batch * v.depth * video_block
-    patch = batch * 2 * frames * v.num_patches * v.patch_size**2 * 3 * d
-    video_proj = batch * 2 * length * d * e
-    text_block = 2 * text_len * 12 * t.width**2 + 4 * t.width * text_len**2
-    n_text = batch * num_texts
-    text_frozen = n_text * t.num_frozen * text_block
-    text_tuned = n_text * (t.depth - t.num_frozen) * text_block + n_text * 2 * t.width * e
-    sort = 0.0
-    if num_texts > 1:
-        ls = length + num_texts
-        sort = batch * s.depth * (2 * ls * 12 * s.width**2 + 4 * s.width * ls**2)
-    contrastive = 2 * batch * batch * e
-    model = (3 * (video_blocks + video_proj + text_tuned + sort + contrastive) + 2 * (text_frozen + patch))
-    recompute = (video_blocks + text_frozen + text_tuned) if remat != "none" else 0.0
-    return {"model_flops": float(model), "model_flops_with_remat": float(model + recompute),
-            "forward_flops": float(video_blocks + patch + video_proj + text_frozen + text_tuned + sort + contrastive)}
-
-
-# ----------------------------------------------------------------------------------------------
 # The plan
 # ----------------------------------------------------------------------------------------------
 def parse_mesh(text: str) -> dict[str, int]:
@@ -280,11 +250,11 @@ def parse_mesh(text: str) -> dict[str, int]:
 def build_config(variant: str, mesh: dict[str, int], global_batch: int, frames: int = 12,
                  mask_ratio: float | None = None, remat: str = "full", dtype: str = "bfloat16", grad_accum: int = 1,
                  source: str = "transcribed", context_length: int | None = None):
-    """The pretrain config for `variant` with these overrides (what `--config.X=...` would do)."""
-    from tvts.config import load_config
+    """The recipe of `variant` (`tools.common.recipe_config`) with these overrides (what `--config.X=...` would
+    do)."""
+    from tools.common import recipe_config
 
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "configs", "pretrain.py")
-    config = load_config(f"{os.path.normpath(path)}:variant={variant}")
+    config = recipe_config(variant)
     with config.unlocked():
         config.model.dtype = dtype
         config.model.remat = remat
@@ -339,22 +309,21 @@ def plan(config, source: str = "transcribed", log: Callable[[str], None] = print
     from flax import traverse_util
 
     from tvts import config as config_lib
-    from tvts import sharding, train
+    from tvts import flops, sharding
     from tvts.checkpoint import with_shardings
-    from tvts.data.pipeline import text_length
+    from tvts.state import make_setup
+    from tvts.step import make_train_step
 
     variant = config_lib.model_variant(config.model)
-    batch_size = int(config.data[f"{source}_batch"])
-    frames = int(config.model.num_frames)
-    num_texts = variant.sort_head.num_clips if source == "transcribed" else 1
-    text_len = int(text_length(config.data, source))
+    shape = flops.step_shape(config, source)
+    batch_size, frames, n_keep = shape.batch, shape.frames, shape.kept_patches
+    num_texts, text_len = shape.num_texts, shape.text_length
     ratio = config_lib.mask_ratio(config)
-    n_keep = train.num_kept(variant.video.num_patches, ratio) if ratio > 0 else variant.video.num_patches
     result: dict[str, Any] = {
         "status": "failed", "stage": "setup", "error": None,
         "settings": {"variant": variant.name, "devices": jax.device_count(), "mesh": dict(config.mesh),
                      "global_batch": batch_size, "frames": frames, "mask_ratio": ratio, "kept_patches": n_keep,
-                     "video_tokens": 1 + frames * n_keep, "texts_per_clip": num_texts, "context_length": text_len,
+                     "video_tokens": shape.video_tokens, "texts_per_clip": num_texts, "context_length": text_len,
                      "remat": config.model.remat, "dtype": config.model.dtype,
                      "grad_accum": int(config.grad_accum_steps), "source": source},
         "params": {}, "per_device_bytes": {}, "memory_analysis": {}, "flops": {}, "collectives": {}, "fits": {},
@@ -370,7 +339,7 @@ def plan(config, source: str = "transcribed", log: Callable[[str], None] = print
     # --- Setup: mesh, abstract state and its shardings (the trainer's own code). ---
     try:
         with Ticker("setup (mesh, abstract state, shardings)", log) as tk:
-            setup = train.make_setup(config)
+            setup = make_setup(config)
         result["timing"]["setup_s"] = round(tk.seconds, 2)
     except Exception as e:  # noqa: BLE001 - reported, not hidden
         result["error"] = f"{type(e).__name__}: {e}"
@@ -425,10 +394,11 @@ def plan(config, source: str = "transcribed", log: Callable[[str], None] = print
     # --- Lower and compile the trainer's jitted step. ---
     try:
         result["stage"] = "lower"
-        step = train.make_train_step(setup, source)
+        step = make_train_step(setup, source)
         with jax.set_mesh(mesh), nn.logical_axis_rules(setup.rules):
             with Ticker("lowering", log) as tk:
-                lowered = step.jitted_for(train.total_updates(setup.config) - 1).lower(state, batch, rng)  # every group on
+                # the last update's program: every parameter group and loss term on
+                lowered = step.jitted_for(setup.curriculum.total_updates - 1).lower(state, batch, rng)
             result["timing"]["lower_s"] = round(tk.seconds, 2)
             result["stage"] = "compile"
             with Ticker("compiling", log) as tk:
@@ -459,7 +429,7 @@ def plan(config, source: str = "transcribed", log: Callable[[str], None] = print
     summary = hlo_summary(text)
     result["collectives"] = summary["collectives"]
     n_dev = jax.device_count()
-    analytic = analytic_flops(variant, batch_size, frames, n_keep, num_texts, text_len, config.model.remat)
+    analytic = flops.step_flops(config, source)
     result["flops"] = {
         "xla_cost_analysis_per_device": float(cost.get("flops", 0.0)),
         "xla_bytes_accessed_per_device": float(cost.get("bytes accessed", 0.0)),
@@ -467,7 +437,7 @@ def plan(config, source: str = "transcribed", log: Callable[[str], None] = print
         "model_flops_per_device": analytic["model_flops"] / n_dev,
         "model_flops_with_remat_per_device": analytic["model_flops_with_remat"] / n_dev,
         "model_flops_global": analytic["model_flops"],
-        "crude_6NT_global": 6.0 * n_trained * batch_size * (1 + frames * n_keep + num_texts * text_len),
+        "crude_6NT_global": 6.0 * n_trained * batch_size * (shape.video_tokens + num_texts * text_len),
         "while_trip_counts": summary["while_trip_counts"],
     }
     result["notes"].append("temp/argument/output from XLA:CPU buffer assignment of the per-device SPMD program: "
@@ -545,7 +515,7 @@ def format_report(r: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variant", required=True)
     ap.add_argument("--devices", type=int, required=True, help="simulated CPU devices (e.g. 256, 512)")
@@ -580,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
     result = plan(config, args.source, log=log, compiler_options=options, keep_hlo=bool(args.dump_hlo))
     result["settings"]["compiler_options"] = {k: str(v) for k, v in options.items()}
     result["settings"]["fast_compile"] = args.fast_compile
-    result["settings"]["command"] = "python tools/plan_memory.py " + " ".join(
+    result["settings"]["command"] = "python -m tools.plan_memory " + " ".join(
         sys.argv[1:] if argv is None else argv)
     if args.dump_hlo and "hlo_text" in result:
         with open(args.dump_hlo, "w") as f:

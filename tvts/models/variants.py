@@ -92,7 +92,7 @@ _VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in (
         # tiny: 8 video heads of 8 dims, not 4 of 16. Trained on the first event's motion from all 12 frames
-        # (tools/learnability.py, 600 steps), 4 heads stay at chance (0.26) and 8 heads reach 0.96
+        # (tools/research/learnability.py, 600 steps), 4 heads stay at chance (0.26) and 8 heads reach 0.96
         # (docs/tiny_recipe.md, "How the tiny recipe got there").
         Variant("tiny", VideoTower(width=64, depth=2, heads=8, mlp_dim=256, patch_size=8, image_size=32),
                 TextTower(width=64, depth=3, heads=4, num_frozen=1, context_length=32),

@@ -11,10 +11,11 @@ Layout under ``root`` (for one split; ``subset`` defaults to ``synthetic_<split>
     meta_data/webvid_<split>.csv                  header ``videoid,name,page_dir`` (name = caption)
     meta_data/labels_<split>.json                 {video id: {label: int}} for both kinds
 
-Videos are H.264 (libx264, yuv420p, CRF 12; MPEG-4 Part 2 when asked or when libx264 is missing) at
-``config.fps`` (8): frame ``i`` is ``SyntheticVideo.render(i / fps)`` and has pts ``i / fps``, for
-``i < ceil(duration * fps)``. At 32 px the codec (mostly 4:2:0 chroma at colour edges) leaves a mean
-absolute error of about 3 grey levels against the renderer.
+The CSVs are read back with ``tvts.data.metadata``, the videos with ``tvts.data.video_io.decode_mp4``.
+Videos are encoded by ``tvts.data.video_io.encode_mp4`` (H.264, CRF 12, or MPEG-4 Part 2) at ``config.fps``
+(8): frame ``i`` is ``SyntheticVideo.render(i / fps)`` and has pts ``i / fps``, for ``i < ceil(duration * fps)``.
+At 32 px the codec (mostly 4:2:0 chroma at colour edges) leaves a mean absolute error of about 3 grey levels
+against the renderer.
 
 The annotation's ``subtitles`` are the raw ASR stream, including the non-speech tokens that
 ``transcripts.clean_subtitles`` drops; ``denoised`` holds one segment per spoken sentence (lead-in,
@@ -28,77 +29,29 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from typing import Callable
+from typing import Any, TextIO
 
-import av
 import numpy as np
 
+from tvts.data.metadata import WEBVID_COLUMNS, YTTEMPORAL_COLUMNS
 from tvts.data.synthetic import COLOURS, MOTIONS, SHAPES, SyntheticConfig, SyntheticCorpus, SyntheticVideo
+from tvts.data.video_io import default_codec, encode_mp4, file_frame_times
 
-__all__ = [
-    'default_codec', 'file_frame_times', 'encode_mp4', 'decode_mp4', 'yttemporal_annotation',
-    'write_transcribed', 'write_captioned', 'write_split', 'read_webvid_csv', 'read_yttemporal_csv',
-    'WEBVID_PAGE_SIZE',
-]
+__all__ = ['WEBVID_PAGE_SIZE', 'yttemporal_annotation', 'write_transcribed', 'webvid_page_dir', 'write_captioned',
+           'write_split', 'progress_printer']
 
 WEBVID_PAGE_SIZE = 500
 
 
-def default_codec() -> str:
-    return 'libx264' if 'libx264' in av.codecs_available else 'mpeg4'
-
-
-def file_frame_times(duration: float, fps: float) -> np.ndarray:
-    """Times of the frames stored in a file: ``i / fps`` for ``i < ceil(duration * fps)``."""
-    n = int(np.ceil(duration * fps - 1e-9))
-    return np.arange(n, dtype=np.float64) / fps
-
-
-def encode_mp4(path: str, frames: np.ndarray, fps: float, codec: str | None = None,
-               crf: int = 12) -> None:
-    """Write uint8 frames [N, H, W, 3] (H, W even) to an mp4 at constant ``fps``."""
-    frames = np.asarray(frames, np.uint8)
-    n, h, w, _ = frames.shape
-    if h % 2 or w % 2:
-        raise ValueError(f'{path}: frame size {h}x{w} must be even for yuv420p')
-    codec = codec or default_codec()
-    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-    tmp = path + '.tmp.mp4'
-    with av.open(tmp, 'w') as container:
-        rate = int(fps) if float(fps).is_integer() else fps
-        stream = container.add_stream(codec, rate=rate)
-        stream.width, stream.height, stream.pix_fmt = w, h, 'yuv420p'
-        if codec == 'libx264':
-            stream.options = {'crf': str(crf), 'preset': 'veryfast', 'threads': '1'}
-        else:
-            stream.bit_rate = 2_000_000
-        for f in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format='rgb24')):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    os.replace(tmp, path)  # a crashed run never leaves a truncated file under the final name
-
-
-def decode_mp4(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """All frames of a video file: uint8 [N, H, W, 3] and their times [N] (seconds)."""
-    frames, times = [], []
-    with av.open(path) as container:
-        for frame in container.decode(video=0):
-            frames.append(frame.to_ndarray(format='rgb24'))
-            times.append(float(frame.pts * frame.time_base) if frame.pts is not None else np.nan)
-    return np.stack(frames), np.asarray(times)
-
-
-def yttemporal_annotation(video: SyntheticVideo, fps: float, split: str = '',
-                          index: int = -1) -> dict:
+def yttemporal_annotation(video: SyntheticVideo, fps: float, split: str = '', index: int = -1) -> dict[str, Any]:
     """The YT-Temporal json of a transcribed synthetic video."""
     return {
         'subtitles': video.subtitles,
-        'denoised': [{'cleanasr': text, 'start': start, 'end': end}
-                     for text, start, end in video.sentences],
+        'denoised': [{'cleanasr': text, 'start': start, 'end': end} for text, start, end in video.sentences],
         'info': {
             'duration': video.duration,
             'fps': fps,
@@ -112,9 +65,8 @@ def yttemporal_annotation(video: SyntheticVideo, fps: float, split: str = '',
             'clip_seconds': video.events[0].end - video.events[0].start,
             'clips': [list(c) for c in video.clips],
             'transcripts': list(video.transcripts),
-            'events': [{'shape': SHAPES[e.shape], 'colour': COLOURS[e.colour],
-                        'motion': MOTIONS[e.motion], 'start': e.start, 'end': e.end}
-                       for e in video.events],
+            'events': [{'shape': SHAPES[e.shape], 'colour': COLOURS[e.colour], 'motion': MOTIONS[e.motion],
+                        'start': e.start, 'end': e.end} for e in video.events],
         },
     }
 
@@ -123,8 +75,8 @@ def _render_file_frames(video: SyntheticVideo, fps: float) -> np.ndarray:
     return video.render(file_frame_times(video.duration, fps))
 
 
-def write_transcribed(video: SyntheticVideo, root: str, subset: str, fps: float,
-                      codec: str | None = None, split: str = '', index: int = -1) -> str:
+def write_transcribed(video: SyntheticVideo, root: str, subset: str, fps: float, codec: str | None = None,
+                      split: str = '', index: int = -1) -> str:
     """Write one transcribed video + annotation; returns ``<subset>/data/<id>.mp4``."""
     rel = f'{subset}/data/{video.id}.mp4'
     encode_mp4(os.path.join(root, 'videos', rel), _render_file_frames(video, fps), fps, codec)
@@ -139,19 +91,17 @@ def webvid_page_dir(split: str, index: int) -> str:
     return f'webvid_{split}_{index // WEBVID_PAGE_SIZE:05d}'
 
 
-def write_captioned(video: SyntheticVideo, root: str, page_dir: str, fps: float,
-                    codec: str | None = None) -> str:
+def write_captioned(video: SyntheticVideo, root: str, page_dir: str, fps: float, codec: str | None = None) -> str:
     """Write one captioned video to ``videos/<page_dir>/<id>.mp4``; returns the path."""
     path = os.path.join(root, 'videos', page_dir, video.id + '.mp4')
     encode_mp4(path, _render_file_frames(video, fps), fps, codec)
     return path
 
 
-def _write_one(job):
+def _write_one(job: tuple) -> tuple[str, str, Any, dict[str, int]]:
     """Worker: (config, split, kind, index, root, subset, fps, codec) -> row for the metadata."""
     config, split, kind, index, root, subset, fps, codec = job
-    corpus = SyntheticCorpus(config, split)
-    video = corpus.video(index, kind)
+    video = SyntheticCorpus(config, split).video(index, kind)
     if kind == 'transcribed':
         rel = write_transcribed(video, root, subset, fps, codec, split, index)
         return kind, video.id, rel, video.labels
@@ -163,7 +113,7 @@ def _write_one(job):
 def write_split(root: str, split: str, num_transcribed: int, num_captioned: int,
                 config: SyntheticConfig = SyntheticConfig(), *, subset: str | None = None,
                 fps: float | None = None, codec: str | None = None, workers: int = 1,
-                progress: Callable[[int, int], None] | None = None) -> dict:
+                progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Write transcribed samples ``0..num_transcribed-1`` and captioned samples
     ``0..num_captioned-1`` of ``split`` under ``root``. Returns a summary with counts and paths."""
     SyntheticCorpus(config, split)  # validates the split
@@ -192,13 +142,12 @@ def write_split(root: str, split: str, num_transcribed: int, num_captioned: int,
     labels_path = os.path.join(meta, f'labels_{split}.json')
     with open(yt_csv, 'w', newline='') as f:
         w = csv.writer(f)
-        w.writerow(['Name'])
+        w.writerow(YTTEMPORAL_COLUMNS)
         w.writerows([[rel] for kind, _, rel, _ in rows if kind == 'transcribed'])
     with open(wv_csv, 'w', newline='') as f:
         w = csv.writer(f)
-        w.writerow(['videoid', 'name', 'page_dir'])
-        w.writerows([[vid, cap, page] for kind, vid, (cap, page), _ in
-                     (r for r in rows if r[0] == 'captioned')])
+        w.writerow(WEBVID_COLUMNS)
+        w.writerows([[vid, cap, page] for kind, vid, (cap, page), _ in (r for r in rows if r[0] == 'captioned')])
     with open(labels_path, 'w') as f:
         json.dump({vid: labels for _, vid, _, labels in rows}, f)
     return {'split': split, 'root': root, 'subset': subset, 'fps': fps, 'codec': codec,
@@ -206,27 +155,18 @@ def write_split(root: str, split: str, num_transcribed: int, num_captioned: int,
             'yttemporal_csv': yt_csv, 'webvid_csv': wv_csv, 'labels': labels_path}
 
 
-def read_webvid_csv(path: str) -> list[dict]:
-    with open(path, newline='') as f:
-        return list(csv.DictReader(f))
-
-
-def read_yttemporal_csv(path: str) -> list[str]:
-    with open(path, newline='') as f:
-        return [row['Name'] for row in csv.DictReader(f)]
-
-
-def _progress_printer(label: str, stream=None) -> Callable[[int, int], None]:
-    """A progress callback printing ``label: done/total (rate/s)`` on one updating line."""
-    import sys
+def progress_printer(label: str, stream: TextIO | None = None) -> Callable[[int, int], None]:
+    """A `write_split` progress callback printing ``label: done/total videos (rate/s)`` on one updating line,
+    at most twice a second (and always at the end)."""
     stream = stream or sys.stderr
     t0 = time.perf_counter()
-    last = [0.0]
+    last = 0.0
 
-    def report(done: int, total: int):
+    def report(done: int, total: int) -> None:
+        nonlocal last
         now = time.perf_counter()
-        if done == total or now - last[0] > 0.5:
-            last[0] = now
+        if done == total or now - last > 0.5:
+            last = now
             rate = done / max(now - t0, 1e-9)
             end = '\n' if done == total else ''
             print(f'\r{label}: {done}/{total} videos ({rate:.1f}/s)', end=end, file=stream, flush=True)

@@ -1,14 +1,13 @@
 """How fast the video tower alone learns an attribute of the first event from direct labels.
 
-    python tools/learnability.py --target motion --frames 12 --steps 600 --lr 1e-3
-    python tools/learnability.py --target motion --frames 3
-    python tools/learnability.py --target shape --frames 1 --radius 0.26,0.30 --travel 0.40
-    python tools/learnability.py --target motion --frames 12 --heads 4   # the tiny tower before it had 8 heads
+    python -m tools.research.learnability --target motion --frames 12 --steps 600 --lr 1e-3
+    python -m tools.research.learnability --target motion --frames 3
+    python -m tools.research.learnability --target shape --frames 1 --radius 0.26,0.30 --travel 0.40
+    python -m tools.research.learnability --target motion --frames 12 --heads 4   # the tiny tower before 8 heads
 
 The tiny variant's video tower (random init, time attention as the trainer initialises it) with a linear head on
 the projected CLS is trained with AdamW (warmup + cosine), at mask ratio 0, on batches of training-split
-transcribed videos. It classifies
-the first event's shape, colour or motion (4 classes). The input is:
+transcribed videos. It classifies the first event's shape, colour or motion (4 classes). The input is:
 - `--frames 1`: the middle frame of the first clip;
 - `--frames 3`: the 3 frames of the first clip;
 - `--frames 12`: the whole video, where the tower must also find which frames belong to that event.
@@ -45,10 +44,10 @@ def run(target: str, frames: int, steps: int, lr: float, batch: int, radius, tra
     import optax
 
     from tvts.data.synthetic import SyntheticConfig, SyntheticCorpus
+    from tvts.models.inputs import normalize
     from tvts.models.tvtsv2 import init_time_attention
     from tvts.models.variants import decode_variant
     from tvts.models.video_vit import VideoEncoder
-    from tvts.train import preprocess_video
 
     variant = decode_variant("tiny")
     video_cfg = variant.video if heads is None else dataclasses.replace(variant.video, heads=heads)
@@ -67,7 +66,7 @@ def run(target: str, frames: int, steps: int, lr: float, batch: int, radius, tra
     def get(corpus, start, n, is_train):
         return first_event_inputs(corpus.transcribed_batch(range(start, start + n), train=is_train), target, frames)
 
-    params = model.init(jax.random.key(seed), preprocess_video(get(train, 0, 2, True)[0]))["params"]
+    params = model.init(jax.random.key(seed), normalize(get(train, 0, 2, True)[0]))["params"]
     params = {**params, "video": init_time_attention({"video": params["video"]}, "learnable")["video"]}  # as trained
     tx = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, lr, min(30, steps // 10), steps), b2=0.98,
                      weight_decay=0.05)
@@ -76,14 +75,14 @@ def run(target: str, frames: int, steps: int, lr: float, batch: int, radius, tra
     @jax.jit
     def step(params, opt, x, y):
         def loss_fn(p):
-            logits = model.apply({"params": p}, preprocess_video(x))
+            logits = model.apply({"params": p}, normalize(x))
             return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt = tx.update(grads, opt, params)
         return optax.apply_updates(params, updates), opt, loss
 
-    predict = jax.jit(lambda p, x: model.apply({"params": p}, preprocess_video(x)).argmax(-1))
+    predict = jax.jit(lambda p, x: model.apply({"params": p}, normalize(x)).argmax(-1))
     test_x, test_y = get(test, 0, 512, False)
     history, start = [], time.time()
     for i in range(steps):
@@ -100,7 +99,8 @@ def run(target: str, frames: int, steps: int, lr: float, batch: int, radius, tra
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", choices=("shape", "colour", "motion"), default="motion")
     parser.add_argument("--frames", type=int, choices=sorted(FRAMES), default=12)
     parser.add_argument("--steps", type=int, default=600)

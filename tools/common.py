@@ -1,0 +1,18 @@
+"""Helpers shared by the tools (not a tool itself)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import ml_collections
+
+from tvts.config import apply_overrides, load_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def recipe_config(variant: str, eval: bool = False) -> ml_collections.ConfigDict:
+    """The recipe a tool studies for `variant`: the tiny demo's (configs/demo.py) for 'tiny', else the published
+    one (configs/pretrain.py) from random weights, since the tools never need the converted CLIP weights."""
+    if variant == "tiny":
+        return load_config(f"{CONFIGS / 'demo.py'}:eval={eval}")
+    return apply_overrides(load_config(f"{CONFIGS / 'pretrain.py'}:variant={variant},eval={eval}"), {"init": "random"})

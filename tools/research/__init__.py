@@ -1,0 +1,1 @@
+"""Research diagnostics behind docs/tiny_recipe.md (`python -m tools.research.learnability`, `.diagnose_embeddings`)."""

@@ -1,0 +1,83 @@
+"""Analytic FLOPs of one TVTSv2 train step: the model FLOPs of model FLOPs utilisation (MFU).
+
+Matmuls and attention only (the MFU convention): layer norms, softmax, GELU, the loss's elementwise work and
+the token-embedding gather are left out, and so is recomputation. Trained parts cost 3x their forward
+(forward + input and weight gradients); the frozen text blocks 2x (they pass activation gradients on to the
+trained token embedding); the patch embedding 2x (its input, the video, needs no gradient).
+`model_flops_with_remat` adds one whole recomputed forward of the rematerialised stacks, an upper bound:
+XLA skips recomputing outputs that no gradient needs.
+
+MFU = model_flops / (step seconds x devices x peak FLOP/s per device). `tools.plan_memory` checks these counts
+against the dot and convolution FLOPs of the compiled step.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from tvts import config as config_lib
+from tvts.data.pipeline import text_length
+from tvts.models.inputs import num_kept
+from tvts.models.variants import Variant
+
+
+@dataclasses.dataclass(frozen=True)
+class StepShape:
+    """The sizes the FLOPs of one update depend on, besides the variant."""
+
+    batch: int  # clips per update (global)
+    frames: int
+    kept_patches: int  # per frame, after the tube mask
+    num_texts: int  # per clip: the sort head's transcripts, or one caption
+    text_length: int  # tokens per text
+
+    @property
+    def video_tokens(self) -> int:
+        return 1 + self.frames * self.kept_patches  # CLS + the kept patches of every frame
+
+
+def step_shape(config: Any, source: str) -> StepShape:
+    """The shape of one update on `source` ('transcribed' or 'captioned') under `config`."""
+    variant = config_lib.model_variant(config.model)
+    return StepShape(batch=int(config.data[f"{source}_batch"]), frames=int(config.model.num_frames),
+                     kept_patches=num_kept(variant.video.num_patches, config_lib.mask_ratio(config)),
+                     num_texts=variant.sort_head.num_clips if source == "transcribed" else 1,
+                     text_length=int(text_length(config.data, source)))
+
+
+def analytic_flops(variant: Variant, batch: int, frames: int, n_keep: int, num_texts: int, text_len: int,
+                   remat: str) -> dict[str, float]:
+    """Global FLOPs of one train step (all devices together; the multipliers are the module docstring's):
+    {'model_flops', 'model_flops_with_remat', 'forward_flops'}. `n_keep`: patches kept per frame."""
+    v, t, s = variant.video, variant.text, variant.sort_head
+    d, e = v.width, variant.joint_dim
+    length = 1 + frames * n_keep
+    block_params = 4 * d * d + 4 * d * d + 2 * d * v.mlp_dim  # time qkv+out, space qkv+out, mlp
+    video_block = 2 * length * block_params
+    # q.k and attention.v, 2 * d FLOPs each per (query, key) pair; patch queries see their group and the CLS,
+    # the CLS query sees every token
+    video_block += 4 * d * (n_keep * frames * (frames + 1) + length)  # time attention (+ CLS row)
+    video_block += 4 * d * (frames * n_keep * (n_keep + 1) + length)  # space attention (+ CLS row)
+    video_blocks = batch * v.depth * video_block
+    patch = batch * 2 * frames * v.num_patches * v.patch_size**2 * 3 * d  # every patch is embedded before masking
+    video_proj = batch * 2 * length * d * e
+    text_block = 2 * text_len * 12 * t.width**2 + 4 * t.width * text_len**2  # qkv+out 4w^2, mlp 8w^2; attention
+    n_text = batch * num_texts
+    text_frozen = n_text * t.num_frozen * text_block
+    text_tuned = n_text * (t.depth - t.num_frozen) * text_block + n_text * 2 * t.width * e  # + EOT projection
+    sort = 0.0
+    if num_texts > 1:  # the sort head runs on transcribed batches: video tokens then the transcripts
+        ls = length + num_texts
+        sort = batch * s.depth * (2 * ls * 12 * s.width**2 + 4 * s.width * ls**2)
+    contrastive = 2 * batch * batch * e
+    model = 3 * (video_blocks + video_proj + text_tuned + sort + contrastive) + 2 * (text_frozen + patch)
+    recompute = (video_blocks + text_frozen + text_tuned) if remat != "none" else 0.0
+    return {"model_flops": float(model), "model_flops_with_remat": float(model + recompute),
+            "forward_flops": float(video_blocks + patch + video_proj + text_frozen + text_tuned + sort + contrastive)}
+
+
+def step_flops(config: Any, source: str) -> dict[str, float]:
+    """`analytic_flops` of one update on `source` under `config` (global, all devices together)."""
+    shape = step_shape(config, source)
+    return analytic_flops(config_lib.model_variant(config.model), shape.batch, shape.frames, shape.kept_patches,
+                          shape.num_texts, shape.text_length, config.model.remat)
