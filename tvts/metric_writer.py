@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Mapping
+from collections.abc import Mapping
 
 from etils import epath
 
@@ -42,7 +42,13 @@ class MetricWriter:
                 if not _is_local(logdir):
                     record_writer.register_writer_factory(logdir.split(":")[0], _EpathRecordFiles())
                 self._tb = SummaryWriter(logdir)
-            self._log = (self.workdir / "metrics.jsonl").open("a")
+            log = self.workdir / "metrics.jsonl"
+            # a launch killed mid-write (kill -9) can leave a torn last line: start on a line of our own
+            tail = log.read_bytes()[-1:] if log.exists() else b""
+            torn = tail not in (b"", b"\n")
+            self._log = log.open("a")
+            if torn:
+                self._log.write("\n")
 
     def text(self, message: str) -> None:
         if self.enabled:
@@ -69,7 +75,7 @@ class MetricWriter:
 
     def plot_history(self, history: Mapping[str, list]) -> None:
         if self.enabled and history:
-            from tvts.evaluators.plots import plot_training_curves
+            from tvts.plots import plot_training_curves
 
             keep = {k: v for k, v in history.items() if k.split("/")[-1] in SUMMARY_KEYS}
             plot_training_curves(keep, self.workdir / "training_curves.png")

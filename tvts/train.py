@@ -41,7 +41,10 @@ def record_config(config, workdir) -> list[str]:
     new = json.loads(config.to_json_best_effort(sort_keys=True))
     changed = []
     if path.exists():
-        old = json.loads(path.read_text())
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:  # torn by a kill during a launch before atomic writes
+            old = {}
         flat_old, flat_new = (traverse_util.flatten_dict(c, sep=".") for c in (old, new))
         changed = sorted(k for k in flat_old.keys() | flat_new.keys() if flat_old.get(k) != flat_new.get(k))
         if not changed:
@@ -50,7 +53,9 @@ def record_config(config, workdir) -> list[str]:
         while (workdir / f"config.{k}.json").exists():
             k += 1
         path.rename(workdir / f"config.{k}.json")
-    path.write_text(json.dumps(new, indent=1, sort_keys=True))
+    partial = workdir / "config.json.partial"  # a kill mid-write must not leave a torn config.json
+    partial.write_text(json.dumps(new, indent=1, sort_keys=True))
+    partial.replace(path)
     return changed
 
 
