@@ -16,6 +16,7 @@ setup(
         "tensorflow-datasets>=4.9,<4.10",
         "einops>=0.8",
         "ml-collections>=1.0",
+        "etils[epath]>=1.7",
         "numpy>=1.26",
         "av>=12",
         "pillow>=10",
@@ -28,7 +29,7 @@ setup(
         "cmeel-mimalloc>=3.0,<4; platform_system == 'Linux'",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "pytest-timeout>=2.3", "ruff>=0.6"],
         "convert": ["torch==2.13.0", "transformers>=4.40"],
     },
 )

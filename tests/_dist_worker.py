@@ -3,7 +3,9 @@
 Modes:
   sum   initialise from the TVTS_* env, check the device/process counts, build a global [4*R, C]
         array from per-process data on a 1-axis mesh over all devices, and print
-        `RESULT <sum> <weighted sum>` computed by a jitted cross-device reduction.
+        `RESULT <sum> <weighted sum>` computed by a jitted cross-device reduction, and
+        `CACHE <dir>`, the persistent compilation cache it uses (JAX reads JAX_COMPILATION_CACHE_DIR,
+        which tests/conftest.py sets for the test process and so for every child).
   fail  process 1 exits with code 3 at once; the others print their pid and then block in
         initialize() waiting for process 1 (so the launcher has to kill them).
   sleep print the pid, then sleep (for the Ctrl-C test).
@@ -31,9 +33,11 @@ def run_sum(expect_processes: int, expect_devices: int) -> None:
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+  from jax.sharding import Mesh, NamedSharding
+  from jax.sharding import PartitionSpec as P
 
   print("DESCRIBE", distributed.describe(), flush=True)
+  print("CACHE", jax.config.jax_compilation_cache_dir, flush=True)
   assert jax.process_count() == expect_processes, jax.process_count()
   assert jax.device_count() == expect_devices, jax.device_count()
   assert distributed.is_main_process() == (jax.process_index() == 0)

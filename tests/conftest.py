@@ -1,12 +1,33 @@
-"""Test set-up: 8 simulated CPU devices, so mesh code paths run on this machine."""
+"""Test set-up: 8 simulated CPU devices, so mesh code paths run on this machine, and one compilation cache shared
+by this process and the processes tests start (multi-process runs, the trainer as a program)."""
 import os
 
-# Must happen before jax is imported anywhere in the test process.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+DEVICES = 8
+
+# Must happen before jax is imported anywhere in the test process. An existing XLA_FLAGS (say, a dump flag) keeps
+# its flags and gains the device count; an explicit device count in it is respected (the report header shows it).
+_flags = os.environ.get("XLA_FLAGS", "")
+if DEVICE_COUNT_FLAG not in _flags:
+    os.environ["XLA_FLAGS"] = f"{_flags} {DEVICE_COUNT_FLAG}={DEVICES}".strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import jax  # noqa: E402  (after the device-count flag)
+# Many tests compile the same tiny train step; a persistent cache turns repeats into loads. Through the environment,
+# so that child processes (launch/local.py's copies, `python -m tvts.train`) read and fill the same cache.
+CACHE_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".jax_cache"))
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", CACHE_DIR)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
-# Many tests compile the same tiny train step; a persistent cache turns repeats into loads.
-jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.dirname(__file__), "..", ".jax_cache"))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+import jax  # noqa: E402  (after the environment above)
+
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                  float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+
+
+def pytest_report_header(config):
+    count = len(jax.devices())
+    note = "" if count == DEVICES else (f" (the mesh tests need {DEVICES}: XLA_FLAGS={os.environ['XLA_FLAGS']!r} "
+                                        f"sets another count)")
+    return f"jax {jax.__version__}: {count} {jax.default_backend()} devices{note}; compilation cache " \
+           f"{os.environ['JAX_COMPILATION_CACHE_DIR']}"

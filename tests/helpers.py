@@ -8,7 +8,7 @@ import jax
 import ml_collections
 
 from tvts import sharding
-from tvts.config import apply_overrides, base_config, parse_arg
+from tvts.config import apply_overrides, base_config, model_variant, parse_arg
 from tvts.data.pipeline import make_sources
 from tvts.state import make_setup
 
@@ -38,8 +38,12 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
 
 
 def one_device_setup(config):
+    """The train plan on a 1-device mesh (the first device): step-level tests compile fastest there."""
     return make_setup(config, sharding.make_mesh({"data": 1}, jax.devices()[:1]))
 
 
 def batch_for(config, kind: str = "transcribed", iteration: int = 0):
-    return make_sources(config.data, 32, config.model.num_frames)[kind].batch(iteration)
+    """The trainer's (whole, one-process) batch of `kind` at `iteration`: numpy video uint8 [B, T, H, W, 3] and
+    texts int32 [B, n, L]. `kind` must be one of config.data.sources."""
+    image_size = model_variant(config.model).video.image_size
+    return make_sources(config.data, image_size, config.model.num_frames)[kind].batch(iteration)

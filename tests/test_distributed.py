@@ -1,46 +1,31 @@
-"""Multi-process initialisation and the launchers.
+"""Multi-process initialisation and the local launcher (the TPU pod launcher: tests/test_tpu_pod.py).
 
-- The TPU pod launcher is only dry-run (its argument lists are asserted); the remote shell commands
-  it builds are also executed locally with bash, with $HOME pointed at a temporary directory.
 - Settings parsing: partial settings name the missing variable.
 - Two real JAX processes on localhost (2 x 2 CPU devices) via launch/local.py compute a cross-process
   sum that is checked against NumPy; a failing child / Ctrl-C stop the other children.
 Every subprocess has a timeout, so a hang fails the test instead of stalling the suite.
 """
-import importlib.util
 import os
 import select
-import shlex
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import _dist_worker as worker  # tests/ is on sys.path, as for helpers
 import numpy as np
 import pytest
 
+from launch import local  # the repo root is on sys.path (pytest.ini's pythonpath)
 from tvts import distributed
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL = REPO / "launch" / "local.py"
-POD = REPO / "launch" / "tpu_pod.py"
 WORKER = REPO / "tests" / "_dist_worker.py"
 TIMEOUT = 120
 TVTS_VARS = (distributed.ENV_COORDINATOR_ADDRESS, distributed.ENV_NUM_PROCESSES,
              distributed.ENV_PROCESS_ID, distributed.ENV_LOCAL_DEVICE_COUNT)
-
-
-def _load(path: Path, name: str):
-  spec = importlib.util.spec_from_file_location(name, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-tpu_pod = _load(POD, "tvts_launch_tpu_pod")
-local = _load(LOCAL, "tvts_launch_local")
-worker = _load(WORKER, "tvts_dist_worker")
 
 
 def _env() -> dict[str, str]:
@@ -78,129 +63,7 @@ def _alive(pid: int) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------
-# (a) TPU pod launcher: dry runs
-# ---------------------------------------------------------------------------------------------------
-GC = ["gcloud", "compute", "tpus", "tpu-vm"]
-LOC = ["--zone=us-east5-a", "--project=my-proj"]
-COMMON = ["--name", "pod", "--zone", "us-east5-a", "--project", "my-proj"]
-
-
-def _dry_run(argv: list[str]) -> list[list[str]]:
-  # --dry_run right after the subcommand: anything after '--' belongs to the remote command.
-  proc = subprocess.run([sys.executable, str(POD), argv[0], "--dry_run", *argv[1:]], cwd=REPO, env=_env(),
-                        capture_output=True, text=True, timeout=60)
-  assert proc.returncode == 0, proc.stderr
-  return [shlex.split(line) for line in proc.stdout.splitlines() if line.strip()]
-
-
-def _remote(cmd: list[str]) -> str:
-  (flag,) = [a for a in cmd if a.startswith("--command=")]
-  return flag[len("--command="):]
-
-
-@pytest.mark.parametrize("accelerator, flags, version, extra", [
-    ("v5p-256", ["--spot"], "v2-alpha-tpuv5", ["--spot"]),
-    ("v4-512", ["--reserved"], "tpu-ubuntu2204-base", ["--reserved"]),
-    ("v5litepod-256", ["--version", "my-runtime", "--internal_ips"], "my-runtime", ["--internal-ips"]),
-])
-def test_pod_create(accelerator, flags, version, extra):
-  cmds = _dry_run(["create", *COMMON, "--accelerator_type", accelerator, *flags])
-  assert cmds == [GC + ["create", "pod", *LOC, f"--accelerator-type={accelerator}", f"--version={version}",
-                        *extra]]
-
-
-def test_pod_create_rejects_spot_and_reserved():
-  proc = subprocess.run([sys.executable, str(POD), "create", *COMMON, "--accelerator_type", "v4-8",
-                         "--spot", "--reserved", "--dry_run"], capture_output=True, text=True, timeout=60)
-  assert proc.returncode != 0 and "mutually exclusive" in proc.stderr
-
-
-def test_pod_setup_copy():
-  cmds = _dry_run(["setup", *COMMON, "--local_dir", "/src/tvts"])
-  assert len(cmds) == 3
-  tar, scp, ssh = cmds
-  assert tar[:2] == ["tar", "-czf"] and tar[-3:] == ["-C", "/src/tvts", "."]
-  assert "--exclude=.git" in tar
-  tarball = tar[2]
-  assert scp == GC + ["scp", tarball, "pod:tvts-src.tar.gz", *LOC, "--worker=all"]
-  assert ssh[:-1] == GC + ["ssh", "pod", *LOC, "--worker=all"]
-  remote = _remote(ssh)
-  assert 'tar -xzf "$HOME"/tvts-src.tar.gz -C "$HOME"/tvts' in remote
-  assert "python3 -m pip install --upgrade 'jax[tpu]>=0.10,<0.11' -e \"$HOME\"/tvts" in remote
-
-
-def test_pod_setup_git():
-  (ssh,) = _dry_run(["setup", *COMMON, "--source", "git", "--repo_url", "https://example.com/tvts.git",
-                     "--ref", "v0.1.0", "--internal_ip"])
-  assert ssh[:-1] == GC + ["ssh", "pod", *LOC, "--worker=all", "--internal-ip"]
-  remote = _remote(ssh)
-  assert 'git clone https://example.com/tvts.git "$HOME"/tvts' in remote
-  assert 'git -C "$HOME"/tvts fetch --tags origin v0.1.0' in remote
-  assert "checkout --detach FETCH_HEAD" in remote and "-e \"$HOME\"/tvts" in remote
-
-
-def test_pod_run_logs_stop_ssh_delete():
-  train = ["python3", "-m", "tvts.train", "--config", "configs/pretrain.py:variant=B/16", "--workdir",
-           "gs://bucket/run1"]
-  (run,) = _dry_run(["run", *COMMON, "--env", "FOO=a b", "--", *train])
-  assert run[:-1] == GC + ["ssh", "pod", *LOC, "--worker=all"]
-  remote = _remote(run)
-  assert remote.startswith('mkdir -p "$HOME"/tvts_logs && tmux new-session -d -s tvts bash -c ')
-  # The tmux job, unquoted once, holds the command and its per-worker log file.
-  job = shlex.split(remote.split(" bash -c ", 1)[1])[0]
-  assert f"cd \"$HOME\"/tvts && export FOO='a b' && {shlex.join(train)};" in job
-  assert '> "$HOME"/tvts_logs/tvts.$(hostname).log 2>&1' in job
-  assert "TVTS_" not in remote  # JAX autodetects the pod: no coordinator env on TPU.
-
-  (logs,) = _dry_run(["logs", *COMMON, "--worker", "3", "--follow"])
-  assert logs == GC + ["ssh", "pod", *LOC, "--worker=3",
-                       '--command=tail -n 100 -F "$HOME"/tvts_logs/tvts.$(hostname).log']
-  (stop,) = _dry_run(["stop", *COMMON])
-  assert stop[:-1] == GC + ["ssh", "pod", *LOC, "--worker=all"]
-  assert _remote(stop).startswith("tmux kill-session -t tvts")
-  assert _dry_run(["ssh", *COMMON, "--worker", "2"]) == [GC + ["ssh", "pod", *LOC, "--worker=2"]]
-  assert _dry_run(["ssh", *COMMON, "--", "nproc"]) == [GC + ["ssh", "pod", *LOC, "--worker=0",
-                                                             "--command=nproc"]]
-  assert _dry_run(["delete", *COMMON, "--yes"]) == [GC + ["delete", "pod", *LOC, "--quiet"]]
-
-
-def test_pod_defaults_from_env_and_missing_name():
-  env = _env() | {"TVTS_TPU_NAME": "envpod", "TVTS_TPU_ZONE": "europe-west4-a"}
-  env.pop("TVTS_TPU_PROJECT", None)
-  out = subprocess.run([sys.executable, str(POD), "delete", "--dry_run"], env=env, capture_output=True,
-                       text=True, timeout=60)
-  assert shlex.split(out.stdout) == GC + ["delete", "envpod", "--zone=europe-west4-a"]
-  env.pop("TVTS_TPU_NAME")
-  out = subprocess.run([sys.executable, str(POD), "delete", "--dry_run"], env=env, capture_output=True,
-                       text=True, timeout=60)
-  assert out.returncode == 2 and "--name is required" in out.stderr
-
-
-@pytest.mark.parametrize("mode", ["foreground", "nohup"])
-def test_pod_run_remote_command_executes(tmp_path, mode):
-  """The remote shell string really runs (bash, $HOME = tmp): quoting, env, log file, exit code."""
-  (tmp_path / "tvts").mkdir()
-  (run,) = tpu_pod.build_commands(
-      ["run", *COMMON, "--mode", mode, "--env", "MSG=it's a b", "--",
-       sys.executable, "-c", "import os; print('msg=' + os.environ['MSG'])"])
-  env = _env() | {"HOME": str(tmp_path)}
-  proc = subprocess.run(["bash", "-c", _remote(run)], env=env, capture_output=True, text=True,
-                        timeout=60)
-  assert proc.returncode == 0, proc.stderr
-  (log,) = (tmp_path / "tvts_logs").glob("tvts.*.log")
-  deadline = time.monotonic() + 60
-  while mode == "nohup" and "exit code" not in log.read_text() and time.monotonic() < deadline:
-    time.sleep(0.1)
-  assert "msg=it's a b" in log.read_text()
-  if mode == "nohup":
-    assert "[tvts] exit code 0" in log.read_text()
-    assert not list((tmp_path / "tvts_logs").glob("*.pid"))  # Removed when the job ended.
-  else:
-    assert "msg=it's a b" in proc.stdout
-
-
-# ---------------------------------------------------------------------------------------------------
-# (b) settings from arguments and environment
+# (a) settings from arguments and environment
 # ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("env, missing", [
     ({"TVTS_COORDINATOR_ADDRESS": "127.0.0.1:1234"}, ["TVTS_NUM_PROCESSES", "TVTS_PROCESS_ID"]),
@@ -294,8 +157,9 @@ def test_local_child_env():
 
 
 # ---------------------------------------------------------------------------------------------------
-# (c) a real 2-process job on localhost
+# (b) a real 2-process job on localhost
 # ---------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_two_processes_cross_process_sum():
   rc, out, err = _finish(_start([str(LOCAL), "--num_processes", "2", "--devices_per_process", "2", "--",
                                  sys.executable, str(WORKER), "--mode", "sum", "--expect_processes", "2",
@@ -306,10 +170,12 @@ def test_two_processes_cross_process_sum():
   for p in range(2):
     assert f"[p{p}] RESULT {total} {weighted}" in out.splitlines(), out
     assert f"[p{p}] DESCRIBE process {p}/2 | local devices 2 (cpu) | global devices 4" in out.splitlines()
+    # the children compile into the tests' persistent cache (tests/conftest.py passes it through the environment)
+    assert f"[p{p}] CACHE {os.environ['JAX_COMPILATION_CACHE_DIR']}" in out.splitlines()
 
 
 # ---------------------------------------------------------------------------------------------------
-# (d) failures and Ctrl-C stop every child
+# (c) failures and Ctrl-C stop every child
 # ---------------------------------------------------------------------------------------------------
 def test_failing_child_stops_the_others(tmp_path):
   start = time.monotonic()

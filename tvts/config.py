@@ -162,6 +162,10 @@ def validate(config: Any, num_devices: int | None = None, process_count: int | N
     _validate_init(config, variant)
     if config.data.name not in DATA_NAMES:
         raise ValueError(f"config.data.name={config.data.name!r}: known data {', '.join(DATA_NAMES)}")
+    if config.data.name == "synthetic":
+        from tvts.data.pipeline import synthetic_config  # names num_frames when the 4 clips cannot split it
+
+        synthetic_config(config.data, variant.video.image_size, config.model.num_frames)
     if config.data.normalization not in NORMALIZATIONS:
         raise ValueError(f"config.data.normalization={config.data.normalization!r}: known {sorted(NORMALIZATIONS)}")
     if config.data.context_length > variant.text.context_length:

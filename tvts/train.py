@@ -111,6 +111,8 @@ def train_and_evaluate(config, workdir) -> dict[str, float]:
         writer.text(f"resumed from {ckpt.directory} at iteration {start_iteration}")
     elif config.resume:
         other = Checkpointer(config.resume)
+        if other.latest_step() is None:
+            raise FileNotFoundError(f"config.resume={config.resume!r} holds no checkpoint")
         state, meta = other.restore(other.latest_step(), target)
         other.close()
         start_iteration = int(meta["iteration"])
