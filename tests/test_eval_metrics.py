@@ -2,12 +2,17 @@
 import numpy as np
 import pytest
 
-from tvts.evaluators.classification import (average_views, class_embeddings, multiple_choice,
-                                            zero_shot_classify)
+from tvts.evaluators.classification import average_views, class_embeddings, multiple_choice, zero_shot_classify
 from tvts.evaluators.linear_probe import DEFAULT_L2_GRID, linear_probe
+from tvts.evaluators.retrieval import (
+    chance_metrics,
+    metrics_from_ranks,
+    recall_at_k_curve,
+    retrieval_metrics,
+    retrieval_ranks,
+    text_video_retrieval,
+)
 from tvts.plots import plot_recall_curves, plot_training_curves
-from tvts.evaluators.retrieval import (chance_metrics, metrics_from_ranks, recall_at_k_curve, retrieval_metrics,
-                                       retrieval_ranks, text_video_retrieval)
 
 # ----------------------------------------------------------------------------------------------
 # Retrieval

@@ -5,8 +5,8 @@ import flax.linen as nn
 import flax.traverse_util as traverse_util
 import jax
 import jax.numpy as jnp
-import optax
 import numpy as np
+import optax
 import pytest
 
 from tvts import optim
@@ -139,7 +139,8 @@ def official_decays(name: str) -> bool:
 
 
 def test_official_name_table_examples():
-    assert official_name("video/blocks/time_attn/out/kernel") == "video_model.transformer.resblocks.N.timeattn.proj.weight"
+    assert (official_name("video/blocks/time_attn/out/kernel")
+            == "video_model.transformer.resblocks.N.timeattn.proj.weight")
     assert official_name("text/tuned_blocks/ln_2/norm/scale") == "text_model.resblocks.N.ln_2.weight"
     assert official_name("text/frozen_blocks/attn/out/bias") == "text_model.resblocks.N.attn.out_proj.bias"
     assert official_name("sort_head/block_1/ln_2/norm/bias") == "pred_model.blocks.1.norm2.bias"

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 SOURCES = ("transcribed", "captioned")
 

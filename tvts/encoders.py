@@ -6,12 +6,14 @@ an exported backbone provides the same three methods. Inputs are this process's 
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from tvts import sharding
 from tvts.models.inputs import PreprocessSpec, normalize

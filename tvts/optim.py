@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import flax.traverse_util as traverse_util
 import jax
@@ -123,7 +124,8 @@ def make_schedule(base_lr: float, kind: str, total_steps: int, warmup_steps: int
         boundaries = {max(1, int(f * total_steps)): decay_factor for f in decay_at}
         sched = optax.piecewise_constant_schedule(base_lr, boundaries)
     elif kind == "warmup_cosine":
-        return optax.warmup_cosine_decay_schedule(0.0, base_lr, max(warmup_steps, 1), max(total_steps, warmup_steps + 1))
+        return optax.warmup_cosine_decay_schedule(0.0, base_lr, max(warmup_steps, 1),
+                                                  max(total_steps, warmup_steps + 1))
     elif kind == "constant":
         sched = optax.constant_schedule(base_lr)
     else:

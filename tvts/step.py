@@ -1,7 +1,7 @@
 """The jitted train step: one update on one source's global batch, one compiled program per curriculum phase."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax

@@ -18,7 +18,6 @@ if __name__ == "__main__":  # a program, not an import: move to mimalloc before 
 
 import json
 import time
-from typing import Any
 
 import jax
 from etils import epath

@@ -9,7 +9,8 @@ from __future__ import annotations
 import dataclasses
 import queue
 import threading
-from typing import Callable, Iterator, Protocol
+from collections.abc import Callable, Iterator
+from typing import Protocol
 
 import numpy as np
 
@@ -26,7 +27,8 @@ class BatchSource(Protocol):
 
 
 class SyntheticSource:
-    """The built-in corpus. Batch: video uint8 [b, T, H, W, 3], texts int32 [b, n, L] (n = 4 transcripts or 1 caption)."""
+    """The built-in corpus. Batch: video uint8 [b, T, H, W, 3], texts int32 [b, n, L] (n = 4 transcripts or 1
+    caption)."""
 
     def __init__(self, kind: str, corpus: SyntheticCorpus, global_batch: int, context_length: int,
                  process_index: int = 0, process_count: int = 1, train: bool = True):
@@ -82,7 +84,8 @@ def synthetic_config(data_cfg, image_size: int, num_frames: int) -> SyntheticCon
     fields = {f.name for f in dataclasses.fields(SyntheticConfig)}
     unknown = set(data_cfg.synthetic) - fields
     if unknown:
-        raise ValueError(f"config.data.synthetic: unknown fields {sorted(unknown)}; SyntheticConfig has {sorted(fields)}")
+        raise ValueError(f"config.data.synthetic: unknown fields {sorted(unknown)}; "
+                         f"SyntheticConfig has {sorted(fields)}")
     return SyntheticConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data_cfg.synthetic.items()},
                            image_size=image_size, frames_per_clip=num_frames // clips)
 

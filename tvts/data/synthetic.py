@@ -88,7 +88,7 @@ page-faulted on every call and made rendering 3-5x slower).
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -564,7 +564,7 @@ class SyntheticCorpus:
         # Geometry and colour per event.
         travel = cfg.travel * size
         geo = []
-        for s, c, m in attrs:
+        for _shape, c, m in attrs:
             r = d.uniform(*cfg.radius) * size
             dxy = _DIRECTION[m]
             p0 = []

@@ -24,7 +24,7 @@ import functools
 import gzip
 import html
 import os
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import ftfy
 import numpy as np
@@ -59,7 +59,7 @@ _PATTERN = regex.compile(
 )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def byte_to_char() -> dict[int, str]:
     """The reversible byte -> character table: printable Latin-1 bytes stand for themselves, the
     rest (controls, space, NBSP, soft hyphen) are moved to U+0100 onwards in byte order. Its
@@ -79,7 +79,7 @@ def clean_text(text: str) -> str:
     return " ".join(text.split()).lower()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_vocab(path: str) -> tuple[list[str], dict[str, int], dict[tuple[str, str], int]]:
     """(id -> token, token -> id, merge pair -> rank) for a vocab file; read once per process and
     shared, read-only, by every Tokenizer using that file."""
@@ -223,7 +223,7 @@ class Tokenizer:
         return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def get_tokenizer(context_length: int = 77) -> Tokenizer:
     """The shared tokenizer for ``context_length``. Tokenizers of any length share one copy of
     the vocabulary, read the first time it is needed."""

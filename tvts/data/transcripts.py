@@ -34,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import html
 import re
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 

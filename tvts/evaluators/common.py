@@ -8,7 +8,8 @@ initialisation), as `NAME/<reference>/metric`. `every=0` runs only at the end of
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from tvts.encoders import Encoders
 from tvts.models.inputs import PreprocessSpec

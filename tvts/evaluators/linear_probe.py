@@ -34,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -175,7 +175,6 @@ def _fit_path(z, y, mask, var, l2s, w_init, b_init, bias_mask, max_steps, tol, *
     dtype = z.dtype
     onehot = jax.nn.one_hot(y, num_classes, dtype=dtype)
     weight = mask / jnp.sum(mask)                            # [N], sums to 1
-    r = z.shape[1]
     c_max = 0.5
     c_min = 0.25 / num_classes
 

@@ -6,7 +6,8 @@ matmuls run in the module's compute `dtype`; LayerNorm and softmax always run in
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax

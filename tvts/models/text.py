@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 
 from tvts.models.layers import Dtype, LayerNorm, ResidualBlock, embed_init, layer_stack, logical
-from tvts.models.video_vit import default_proj_init
 from tvts.models.variants import TextTower
+from tvts.models.video_vit import default_proj_init
 
 
 def eot_pool(x: jax.Array, tokens: jax.Array) -> jax.Array:
