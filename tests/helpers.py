@@ -47,3 +47,25 @@ def batch_for(config, kind: str = "transcribed", iteration: int = 0):
     texts int32 [B, n, L]. `kind` must be one of config.data.sources."""
     image_size = model_variant(config.model).video.image_size
     return make_sources(config.data, image_size, config.model.num_frames)[kind].batch(iteration)
+
+
+def finish_launcher(proc, timeout: float, grace: float = 30) -> tuple[int, str, str]:
+    """Waits for a launcher started with start_new_session=True; on timeout SIGTERMs it (launch/local.py stops its
+    children on SIGTERM), then kills its process group, and fails the test with its output."""
+    import os
+    import signal
+    import subprocess
+
+    import pytest
+
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out, err = proc.communicate(timeout=grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+        pytest.fail(f"timed out after {timeout} s\nstdout:\n{out[-3000:]}\nstderr:\n{err[-3000:]}")
+    return proc.returncode, out, err

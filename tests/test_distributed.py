@@ -16,6 +16,7 @@ from pathlib import Path
 import _dist_worker as worker  # tests/ is on sys.path, as for helpers
 import numpy as np
 import pytest
+from helpers import finish_launcher
 
 from launch import local  # the repo root is on sys.path (pytest.ini's pythonpath)
 from tvts import distributed
@@ -40,18 +41,7 @@ def _start(args: list[str]) -> subprocess.Popen:
 
 
 def _finish(proc: subprocess.Popen, timeout: float = TIMEOUT) -> tuple[int, str, str]:
-  """Waits for the launcher; on timeout SIGTERMs it (it stops its children), then kills it."""
-  try:
-    out, err = proc.communicate(timeout=timeout)
-  except subprocess.TimeoutExpired:
-    proc.send_signal(signal.SIGTERM)
-    try:
-      out, err = proc.communicate(timeout=15)
-    except subprocess.TimeoutExpired:
-      os.killpg(proc.pid, signal.SIGKILL)
-      out, err = proc.communicate()
-    pytest.fail(f"timed out after {timeout} s\nstdout:\n{out}\nstderr:\n{err}")
-  return proc.returncode, out, err
+  return finish_launcher(proc, timeout, grace=15)
 
 
 def _alive(pid: int) -> bool:

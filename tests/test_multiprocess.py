@@ -2,12 +2,12 @@
 process with the same 8 devices and the same global batch computes."""
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import finish_launcher
 
 from tvts import train
 from tvts.config import apply_overrides, load_config
@@ -32,17 +32,8 @@ def run_pair(workdir: Path, steps: int) -> str:
     assert os.environ.get("JAX_COMPILATION_CACHE_DIR")
     proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=RUN_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.terminate()  # the launcher stops its children on SIGTERM
-        try:
-            out, err = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            out, err = proc.communicate()
-        pytest.fail(f"launch timed out after {RUN_TIMEOUT} s\n{out[-3000:]}\n{err[-3000:]}")
-    assert proc.returncode == 0, out[-3000:] + err[-3000:]
+    returncode, out, err = finish_launcher(proc, RUN_TIMEOUT)
+    assert returncode == 0, out[-3000:] + err[-3000:]
     return out + err
 
 
