@@ -25,6 +25,7 @@ setup(
         "matplotlib>=3.8",
         "ftfy>=6.1",
         "regex>=2023.0",
+        "flatbuffers>=24",  # jax.export serialisation (tvts.export, tvts.backbone)
         # mimalloc for XLA:CPU's per-step temporaries (tvts/allocator.py); Linux wheels only
         "cmeel-mimalloc>=3.0,<4; platform_system == 'Linux'",
     ],

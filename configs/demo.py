@@ -62,5 +62,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval_references = ("no_time_attn", "init") if args.eval else ()
     heldout = dict(type="synthetic_heldout", every=0, num_videos=256, num_probe_train=768, batch=64)
     c.evals = {"heldout": heldout} if args.data == "synthetic" and args.eval else {}
+    c.export_backbone = "backbone"  # workdirs/demo/backbone: tvts.backbone.load, python -m tvts.extract
     c.lock()
     return c

@@ -115,6 +115,7 @@ def base_config(args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.nonfinite = dict(policy="stop", max_skipped=0)
     c.eval_references = ()  # keys of EVAL_REFERENCES reported beside the trained model at the end
     c.evals = {}
+    c.export_backbone = ""  # a workdir subfolder the backbone is exported to after training ('': none)
     return c
 
 

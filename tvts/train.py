@@ -203,6 +203,13 @@ def train_and_evaluate(config, workdir) -> dict[str, float]:
         labels = {k: config_lib.EVAL_REFERENCES[k] for k in config.eval_references}
         writer.report(final, {**labels, **reference_labels(evaluators)})
         writer.write_json("final_metrics.json", final)
+    if config.export_backbone:  # every process takes part (gathers sharded params); process 0 writes
+        from tvts.export import describe, export_run
+
+        out = str(workdir / config.export_backbone)
+        info = export_run(setup, state["params"], out, workdir=str(workdir), step=config.total_steps)
+        if is_main:
+            writer.text(describe(info, out))
     writer.close()
     return final
 
