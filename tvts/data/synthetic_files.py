@@ -39,7 +39,7 @@ import numpy as np
 
 from tvts.data.metadata import WEBVID_COLUMNS, YTTEMPORAL_COLUMNS
 from tvts.data.synthetic import COLOURS, MOTIONS, SHAPES, SyntheticConfig, SyntheticCorpus, SyntheticVideo
-from tvts.data.video_io import default_codec, encode_mp4, file_frame_times
+from tvts.data.video_io import default_codec, encode_mp4, encode_video, file_frame_times
 
 __all__ = ['WEBVID_PAGE_SIZE', 'yttemporal_annotation', 'write_transcribed', 'webvid_page_dir', 'write_captioned',
            'write_split', 'progress_printer']
@@ -171,3 +171,14 @@ def progress_printer(label: str, stream: TextIO | None = None) -> Callable[[int,
             end = '\n' if done == total else ''
             print(f'\r{label}: {done}/{total} videos ({rate:.1f}/s)', end=end, file=stream, flush=True)
     return report
+
+
+def write_video_file(video: SyntheticVideo, path: str, fps: float = 8.0, codec: str | None = None,
+                     seconds: float | None = None) -> str:
+    """Write ``video`` (its first ``seconds`` only, if given) to ``path`` in the container of its extension."""
+    times = file_frame_times(video.duration if seconds is None else min(seconds, video.duration), fps)
+    encode_video(path, video.render(times), fps, codec)
+    return path
+
+
+__all__ += ['write_video_file']

@@ -10,7 +10,7 @@ import os
 import av
 import numpy as np
 
-__all__ = ['default_codec', 'file_frame_times', 'encode_mp4', 'decode_mp4']
+__all__ = ['default_codec', 'file_frame_times', 'encode_mp4', 'decode_mp4', 'CONTAINER_CODECS', 'encode_video']
 
 
 def default_codec() -> str:
@@ -56,3 +56,42 @@ def decode_mp4(path: str) -> tuple[np.ndarray, np.ndarray]:
             frames.append(frame.to_ndarray(format='rgb24'))
             times.append(float(frame.pts * frame.time_base) if frame.pts is not None else np.nan)
     return np.stack(frames), np.asarray(times)
+
+
+CONTAINER_CODECS = {'.avi': 'mpeg4', '.webm': 'libvpx', '.mkv': None, '.mov': None, '.mp4': None, '.m4v': None}
+
+
+def encode_video(path: str, frames: np.ndarray, fps: float, codec: str | None = None) -> None:
+    """Write uint8 frames [N, H, W, 3] (H, W even) at constant ``fps`` to the container its extension names:
+    .mp4 / .mov / .m4v / .mkv hold H.264 (``default_codec()``), .avi MPEG-4 Part 2, .webm VP8. Like
+    ``encode_mp4``, written to a temporary name first, so a crash never leaves a truncated file."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in CONTAINER_CODECS:
+        raise ValueError(f'{path}: no codec chosen for {ext!r} files (known: {sorted(CONTAINER_CODECS)})')
+    codec = codec or CONTAINER_CODECS[ext] or default_codec()
+    if ext == '.mp4' and codec in ('libx264', 'mpeg4'):
+        encode_mp4(path, frames, fps, codec)
+        return
+    frames = np.asarray(frames, np.uint8)
+    _, h, w, _ = frames.shape
+    if h % 2 or w % 2:
+        raise ValueError(f'{path}: frame size {h}x{w} must be even for yuv420p')
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    tmp = path + '.tmp' + ext
+    with av.open(tmp, 'w') as container:
+        rate = int(fps) if float(fps).is_integer() else fps
+        stream = container.add_stream(codec, rate=rate)
+        stream.width, stream.height, stream.pix_fmt = w, h, 'yuv420p'
+        if codec == 'libx264':
+            stream.options = {'crf': '12', 'preset': 'veryfast', 'threads': '1'}
+        elif codec == 'libvpx':
+            stream.options = {'threads': '1', 'deadline': 'realtime', 'cpu-used': '8'}
+            stream.bit_rate = 1_000_000
+        else:
+            stream.bit_rate = 2_000_000
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format='rgb24')):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    os.replace(tmp, path)
