@@ -14,6 +14,9 @@ setup(
         "optax>=0.2.4,<0.3",
         "orbax-checkpoint>=0.12,<0.13",
         "tensorflow-datasets>=4.9,<4.10",
+        # TFDS without TensorFlow: ArrayRecord files (tvts/data/builders) and its resource lookups
+        "array_record>=0.5",
+        "importlib_resources>=6.0",
         "einops>=0.8",
         "ml-collections>=1.0",
         "etils[epath]>=1.7",
@@ -31,6 +34,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.5", "pytest-timeout>=2.3", "ruff>=0.6"],
-        "convert": ["torch==2.13.0", "transformers>=4.40"],
+        # converters' torch formats and parity tests; torch pinned: 2.13.0 is a CPU build on this machine's disk,
+        # an unpinned install pulls several GB of CUDA packages. (.safetensors are read without any of these.)
+        "convert": ["torch==2.13.0", "transformers>=4.40", "safetensors>=0.4"],
     },
 )
