@@ -10,8 +10,15 @@ import pytest
 
 from tvts.models.layers import LayerNorm
 from tvts.models.text import eot_pool
-from tvts.models.tvtsv2 import (TVTSv2, abstract_params, count_params, init_params, init_time_attention,
-                                 without_time_attention)
+from tvts.models.tvtsv2 import (
+    TVTSv2,
+    abstract_params,
+    count_params,
+    init_params,
+    init_time_attention,
+    merge_loaded,
+    without_time_attention,
+)
 from tvts.models.variants import VARIANT_NAMES, decode_variant
 from tvts.models.video_vit import SpaceTimeBlock, VideoEncoder, gather_kept_patches
 
@@ -348,3 +355,69 @@ def test_too_many_frames_is_a_clear_error():
     model = TVTSv2(TINY)
     with pytest.raises(ValueError, match="13 frames exceed the temporal embedding's 12 rows"):
         model.init(jax.random.key(0), jnp.zeros((1, 13, 32, 32, 3)), None, jnp.ones((1, 4, 8), jnp.int32))
+
+
+# ---------------------------------------------------------------- what the sort head reads (variants.SORT_TOKENS)
+def test_sort_tokens_as_published():
+    """B/32, B/16 (and L/14, tiny): every token after ln_post; H/14 (and g/14, G/14, OpenCLIP towers): the patch
+    tokens without ln_post (docs/published_recipe.md, "Sort head")."""
+    assert {n: decode_variant(n).sort_tokens for n in VARIANT_NAMES} == {
+        "tiny": "all", "B/32": "all", "B/16": "all", "L/14": "all", "H/14": "patches", "g/14": "patches",
+        "G/14": "patches"}
+    with pytest.raises(ValueError, match="sort_tokens 'cls'"):
+        dataclasses.replace(TINY, sort_tokens="cls")
+
+
+def test_patches_variant_skips_ln_post_on_patch_tokens_and_the_cls(tiny):
+    _, params = tiny
+    rng = np.random.default_rng(4)
+    params = jax.tree.map(lambda a: a, params)
+    ln_post = params["video"]["ln_post"]["norm"]
+    ln_post["scale"] = jnp.asarray(1 + 0.5 * rng.standard_normal(ln_post["scale"].shape), jnp.float32)
+    ln_post["bias"] = jnp.asarray(0.5 * rng.standard_normal(ln_post["bias"].shape), jnp.float32)
+    video = jax.random.normal(jax.random.key(7), (1, 2, 32, 32, 3))
+    texts = jnp.ones((1, 4, 8), jnp.int32)
+    models = {s: TVTSv2(dataclasses.replace(TINY, sort_tokens=s)) for s in ("all", "patches")}
+    out = {s: m.apply({"params": params}, video, None, texts) for s, m in models.items()}
+    np.testing.assert_allclose(out["all"]["video_emb"], out["patches"]["video_emb"], rtol=1e-6, atol=1e-6)  # ln_post-ed
+    assert out["patches"]["video_tokens"].shape == out["all"]["video_tokens"].shape
+
+    # the patch tokens skip ln_post: they do not change when ln_post's parameters become the identity
+    identity = jax.tree.map(lambda a: a, params)
+    identity["video"]["ln_post"]["norm"] = {"scale": jnp.ones_like(ln_post["scale"]),
+                                            "bias": jnp.zeros_like(ln_post["bias"])}
+    patches = out["patches"]["video_tokens"][:, 1:]
+    assert float(jnp.abs(patches - out["all"]["video_tokens"][:, 1:]).max()) > 1e-2
+    plain = models["patches"].apply({"params": identity}, video, None, method=TVTSv2.encode_video)[:, 1:]
+    np.testing.assert_array_equal(patches, plain)  # ln_post's parameters do not reach the patch tokens
+    sorted_ = models["patches"].apply({"params": params}, patches, out["patches"]["text_emb"], method=TVTSv2.sort)
+    np.testing.assert_allclose(out["patches"]["sort_logits"], sorted_, rtol=1e-6, atol=1e-6)  # CLS not read
+    sorted_all = models["all"].apply({"params": params}, out["all"]["video_tokens"], out["all"]["text_emb"],
+                                     method=TVTSv2.sort)
+    np.testing.assert_allclose(out["all"]["sort_logits"], sorted_all, rtol=1e-6, atol=1e-6)  # CLS read
+
+
+# ---------------------------------------------------------------- converted (partial) parameters over an init
+def test_merge_loaded_puts_loaded_leaves_over_the_init_and_reinitialises_time_attention(tiny):
+    _, base = tiny
+    rng = np.random.default_rng(1)
+    loaded = {"video": {"blocks": {"attn": jax.tree.map(lambda a: jnp.asarray(rng.standard_normal(a.shape),
+                                                                              jnp.float32),
+                                                        base["video"]["blocks"]["attn"])}},
+              "text": {"ln_final": {"norm": {"scale": jnp.full((64,), 3.0)}}}}
+    merged = merge_loaded(base, loaded, "learnable")
+    blocks = merged["video"]["blocks"]
+    np.testing.assert_array_equal(blocks["attn"]["qkv"]["kernel"], loaded["video"]["blocks"]["attn"]["qkv"]["kernel"])
+    np.testing.assert_array_equal(blocks["time_attn"]["qkv"]["kernel"], blocks["attn"]["qkv"]["kernel"])
+    assert not np.any(blocks["time_attn"]["out"]["kernel"])
+    np.testing.assert_array_equal(merged["text"]["ln_final"]["norm"]["scale"], 3.0)
+    np.testing.assert_array_equal(merged["text"]["ln_final"]["norm"]["bias"], base["text"]["ln_final"]["norm"]["bias"])
+    np.testing.assert_array_equal(merged["sort_head"]["classifier"]["kernel"],
+                                  base["sort_head"]["classifier"]["kernel"])
+    # a loaded time attention (a TVTSv2 checkpoint) is kept as it is
+    trained = {"video": {"blocks": {"attn": loaded["video"]["blocks"]["attn"],
+                                    "time_attn": base["video"]["blocks"]["attn"]}}}
+    kept = merge_loaded(base, trained, "learnable")["video"]["blocks"]["time_attn"]
+    np.testing.assert_array_equal(kept["out"]["kernel"], base["video"]["blocks"]["attn"]["out"]["kernel"])
+    with pytest.raises(ValueError, match="the model has no video/extra"):
+        merge_loaded(base, {"video": {"extra": jnp.zeros(2)}})

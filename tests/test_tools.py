@@ -6,7 +6,7 @@ import pytest
 from tools.common import recipe_config
 from tvts.config import validate
 
-TOOLS = ("model_summary", "plan_memory", "bench_step", "make_corpus", "research.learnability",
+TOOLS = ("model_summary", "plan_memory", "bench_step", "bench_convert", "make_corpus", "research.learnability",
          "research.diagnose_embeddings")
 
 

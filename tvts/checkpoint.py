@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -48,17 +49,133 @@ class Checkpointer:
         self.manager.close()
 
 
-def restore_params(directory, abstract_params: Any, step: int | None = None) -> Any:
-    """Only the parameters of another run's checkpoint (for `config.init`), onto the current shardings."""
+PARAMS_STEP = 0  # the one step of a params-only directory (`save_params`)
+
+
+def save_params(directory, params: Any, metadata: dict[str, Any]) -> None:
+    """A params-only checkpoint (e.g. converted CLIP weights) that `restore_params` reads, as `config.init` does.
+
+    Same layout as a training checkpoint (step 0, items 'state' = {'params': ...} and 'meta'), so anything that reads
+    a run's parameters reads this too. `params` may be partial (the leaves the source had); the JSON metadata gains
+    'leaves', the '/'-joined paths written. Leaves may be numpy or jax arrays.
+    """
+    leaves = sorted(_path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params))
+    directory = epath.Path(directory)
+    directory = directory.resolve() if "://" not in str(directory) else directory
+    # Uncompressed: orbax then holds one extra copy of the tree while it writes (with compression, two; measured
+    # in docs/convert.md). Numpy leaves stay on the host.
+    manager = ocp.CheckpointManager(
+        directory, options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True),
+        item_handlers={"state": ocp.PyTreeCheckpointHandler(use_compression=False),
+                       "meta": ocp.JsonCheckpointHandler()})
+    try:
+        if manager.latest_step() is not None:
+            raise FileExistsError(f"{directory} already holds a checkpoint (step {manager.latest_step()}); "
+                                  f"choose an empty directory")
+        manager.save(PARAMS_STEP, args=ocp.args.Composite(state=ocp.args.PyTreeSave({"params": params}),
+                                                          meta=ocp.args.JsonSave({**metadata, "leaves": leaves})),
+                     force=True)
+        manager.wait_until_finished()
+    finally:
+        manager.close()
+
+
+def read_meta(directory, step: int | None = None) -> dict[str, Any]:
+    """The JSON metadata of a checkpoint directory's newest (or given) step."""
     ckpt = Checkpointer(directory)
-    step = ckpt.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint found in {directory}")
-    restored = ckpt.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(item={"params": abstract_params},
-                                     restore_args=jax.tree.map(
-                                         lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding),
-                                         {"params": abstract_params}),
-                                     partial_restore=True)))
-    ckpt.close()
+    try:
+        step = ckpt.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint found in {directory}")
+        return dict(ckpt.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+    finally:
+        ckpt.close()
+
+
+def saved_params_shapes(directory, step: int | None = None) -> dict[str, tuple[int, ...]]:
+    """'/'-joined parameter path -> shape, for the parameters stored in a checkpoint directory (nothing is read)."""
+    ckpt = Checkpointer(directory)
+    try:
+        step = ckpt.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint found in {directory}")
+        state_dir = ckpt.directory / str(step) / "state"
+    finally:
+        ckpt.close()
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+        tree = handler.metadata(state_dir)
+    finally:
+        handler.close()
+    tree = getattr(tree, "tree", tree)
+    if "params" not in tree:
+        raise ValueError(f"the checkpoint in {directory} holds no 'params'")
+    return {_path_str(p): tuple(m.shape) for p, m in
+            jax.tree_util.tree_leaves_with_path(tree["params"], is_leaf=lambda x: hasattr(x, "shape"))}
+
+
+def restore_params(directory, abstract_params: Any, step: int | None = None) -> Any:
+    """The parameters of a checkpoint directory (another run's, or a params-only one from `save_params`) onto the
+    current shardings, for `config.init`.
+
+    Returns only the leaves the directory holds, as a nested dict shaped like `abstract_params` restricted to them
+    (a converted CLIP directory has no time attention or sort head: merge with an init, `tvts.models.tvtsv2.
+    merge_loaded`). A stored leaf the model lacks, or one whose shape differs, is an error naming it.
+    """
+    saved = saved_params_shapes(directory, step)
+    flat = {_path_str(p): a for p, a in jax.tree_util.tree_leaves_with_path(abstract_params)}
+    unknown = sorted(set(saved) - set(flat))
+    if unknown:
+        raise ValueError(f"{directory}: {len(unknown)} stored parameters the model does not have (another variant "
+                         f"or text_num_frozen?): {', '.join(unknown)}")
+    wrong = [f"{k} stored {saved[k]}, model {tuple(flat[k].shape)}" for k in sorted(saved)
+             if tuple(flat[k].shape) != saved[k]]
+    if wrong:
+        meta = read_meta(directory, step)
+        how = f" (converted with {meta['conversion']})" if "conversion" in meta else ""
+        raise ValueError(f"{directory}{how}: shape mismatch: {'; '.join(wrong)}")
+    target = _nest({k: flat[k] for k in saved})
+    ckpt = Checkpointer(directory)
+    try:
+        step = ckpt.latest_step() if step is None else step
+        restored = ckpt.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(item={"params": target},
+                                         restore_args=jax.tree.map(
+                                             lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding, dtype=a.dtype),
+                                             {"params": target}),
+                                         partial_restore=True)))
+    finally:
+        ckpt.close()
     return restored["state"]["params"]
+
+
+def read_params(directory, step: int | None = None) -> dict[str, Any]:
+    """Every stored parameter of a checkpoint directory as host numpy arrays (no model needed; e.g. for export)."""
+    saved = saved_params_shapes(directory, step)
+    ckpt = Checkpointer(directory)
+    try:
+        step = ckpt.latest_step() if step is None else step
+        target = _nest({k: 0 for k in saved})
+        restored = ckpt.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(item={"params": target},
+                                         restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                                                                   {"params": target}),
+                                         partial_restore=True)))
+    finally:
+        ckpt.close()
+    return restored["state"]["params"]
+
+
+def _path_str(path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split("/")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out

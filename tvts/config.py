@@ -19,7 +19,7 @@ from tvts.models.inputs import NORMALIZATIONS
 from tvts.models.variants import VARIANT_NAMES, Variant, decode_variant
 from tvts.sharding import DEFAULT_RULES
 
-DATA_NAMES = ("synthetic",)
+DATA_NAMES = ("synthetic", "tfds")  # built-in corpus; prepared TFDS datasets (tvts/data/loader.py)
 NONFINITE_POLICIES = ("stop", "skip")
 # Parameter sets the trainer can report beside the trained model in its final evaluation, with their labels.
 EVAL_REFERENCES = {"no_time_attn": "time attn off", "init": "random init"}
@@ -81,6 +81,10 @@ def base_config(args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         normalization="imagenet",  # or 'clip' (tvts.models.inputs.NORMALIZATIONS)
         # fields of tvts.data.synthetic.SyntheticConfig (the corpus of data='synthetic')
         synthetic=dict(seed=0, second_change_prob=1.0, negative_group_size=4, radius=(0.26, 0.3), travel=0.4),
+        # --- data='tfds' (tvts/data/loader.py, docs/data_loader.md) ---
+        tfds_data_dir="",  # where `python -m tvts.data.build` wrote yttemporal / webvid
+        max_bad_fraction=0.05,  # stop once more than this fraction of the examples read were skipped as bad
+        num_workers=-1,  # decoding worker processes per training process (-1: CPU cores - 1, at most 32; 0: none)
     )
     c.loss = dict(
         temperature=0.05,
@@ -167,6 +171,12 @@ def validate(config: Any, num_devices: int | None = None, process_count: int | N
         from tvts.data.pipeline import synthetic_config  # names num_frames when the 4 clips cannot split it
 
         synthetic_config(config.data, variant.video.image_size, config.model.num_frames)
+    if config.data.name == "tfds":  # --- data='tfds' (tvts/data/loader.py) ---
+        _validate_tfds(config)
+    if not 0.0 <= config.data.max_bad_fraction <= 1.0:
+        raise ValueError(f"config.data.max_bad_fraction={config.data.max_bad_fraction} must be a fraction in [0, 1]")
+    if config.data.num_workers < -1:
+        raise ValueError(f"config.data.num_workers={config.data.num_workers} must be >= 0 (or -1: automatic)")
     if config.data.normalization not in NORMALIZATIONS:
         raise ValueError(f"config.data.normalization={config.data.normalization!r}: known {sorted(NORMALIZATIONS)}")
     if config.data.context_length > variant.text.context_length:
@@ -222,6 +232,20 @@ def validate(config: Any, num_devices: int | None = None, process_count: int | N
             raise ValueError(f"config.optim.group_start.{name}={fraction} must be a fraction of training in [0, 1)")
 
 
+def _validate_tfds(config: Any) -> None:
+    from tvts.data.loader import TEXTS_PER_VIDEO
+
+    if not config.data.tfds_data_dir:
+        raise ValueError("config.data.name='tfds' reads prepared datasets: set --config.data.tfds_data_dir=DIR "
+                         "(the --data_dir of `python -m tvts.data.build`)")
+    if not epath.Path(config.data.tfds_data_dir).exists():
+        raise FileNotFoundError(f"config.data.tfds_data_dir={config.data.tfds_data_dir!r} does not exist")
+    clips = TEXTS_PER_VIDEO["transcribed"]
+    if "transcribed" in config.data.sources and config.model.num_frames % clips:
+        raise ValueError(f"config.model.num_frames={config.model.num_frames}: transcribed videos need a multiple "
+                         f"of {clips} (frames per clip x {clips} clips)")
+
+
 def _validate_init(config: Any, variant: Variant) -> None:
     for name in ("resume", "init"):
         path = config[name]
@@ -233,9 +257,9 @@ def _validate_init(config: Any, variant: Variant) -> None:
     if variant.init != "random" and not config.init:
         raise ValueError(
             f"config.init is empty, and variant {variant.name} starts from pretrained CLIP weights "
-            f"({variant.init}). Convert the released weights to a params directory and pass "
-            f"--config.init=DIR (the converters are tvts/convert, not yet in this build), or pass "
-            f"--config.init=random to train from random weights on purpose.")
+            f"({variant.init}). Convert them to a params directory, e.g. `python -m tvts.convert "
+            f"{variant.init.split(':')[0]} CHECKPOINT --variant {variant.name} --out DIR` (docs/convert.md), and pass "
+            f"--config.init=DIR, or pass --config.init=random to train from random weights on purpose.")
 
 
 def _validate_batch(config: Any, field: str, batch: int, num_devices: int | None, process_count: int | None) -> None:

@@ -19,7 +19,7 @@ from tvts import optim, sharding
 from tvts.curriculum import Curriculum
 from tvts.encoders import ModelEncoders
 from tvts.models.inputs import PreprocessSpec
-from tvts.models.tvtsv2 import TVTSv2, init_params, without_time_attention
+from tvts.models.tvtsv2 import TVTSv2, init_params, merge_loaded, without_time_attention
 
 
 @dataclasses.dataclass
@@ -134,6 +134,15 @@ def init_state(setup: Setup, rng: jax.Array, params: Any = None) -> dict[str, An
     create = functools.partial(new_state, tx=setup.tx, labels=setup.labels)
     with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
         return jax.jit(create, out_shardings=setup.state_sharding, donate_argnums=0 if donate else ())(params)
+
+
+def converted_params(setup: Setup, rng: jax.Array, loaded: Any) -> Any:
+    """Converted weights (`tvts.convert`, a subset of the tree) over the run's random init: what the source lacks
+    (time attention, ln_3, temporal embedding, sort head) is initialised as the config says, the time attention from
+    the loaded space attention (`merge_loaded`)."""
+    merge = functools.partial(merge_loaded, time_init=setup.config.model.time_init)
+    with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
+        return jax.jit(merge, out_shardings=setup.params_sharding, donate_argnums=0)(random_init(setup, rng), loaded)
 
 
 def run_rngs(config) -> tuple[jax.Array, jax.Array]:

@@ -25,7 +25,7 @@ from flax import traverse_util
 
 from tvts import config as config_lib
 from tvts import sharding
-from tvts.state import Setup, init_state, make_encoders, make_setup, reference_params, run_rngs
+from tvts.state import Setup, converted_params, init_state, make_encoders, make_setup, reference_params, run_rngs
 
 
 # ----------------------------------------------------------------------------------------------
@@ -81,6 +81,7 @@ def train_and_evaluate(config, workdir) -> dict[str, float]:
 
     from tvts import distributed
     from tvts.checkpoint import Checkpointer, restore_params, with_shardings
+    from tvts.data.loader import DataCounters
     from tvts.data.pipeline import Prefetcher, make_sources
     from tvts.evaluators.registry import check_entries, make_evaluators, reference_labels
     from tvts.metric_writer import MetricWriter
@@ -103,7 +104,7 @@ def train_and_evaluate(config, workdir) -> dict[str, float]:
     ckpt = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
     target = with_shardings(setup.abstract_state, setup.state_sharding)
     init_rng, step_rng = run_rngs(config)
-    start_iteration = 0
+    start_iteration, meta = 0, {}
     if ckpt.latest_step() is not None:
         state, meta = ckpt.restore(ckpt.latest_step(), target)
         start_iteration = int(meta["iteration"])
@@ -117,7 +118,8 @@ def train_and_evaluate(config, workdir) -> dict[str, float]:
         start_iteration = int(meta["iteration"])
         writer.text(f"resumed from {config.resume} at iteration {start_iteration}")
     elif config.init and config.init != "random":
-        state = init_state(setup, init_rng, restore_params(config.init, target["params"]))
+        loaded = restore_params(config.init, target["params"])
+        state = init_state(setup, init_rng, converted_params(setup, init_rng, loaded))
         writer.text(f"initialised parameters from {config.init}")
     else:
         state = init_state(setup, init_rng)
@@ -126,7 +128,10 @@ def train_and_evaluate(config, workdir) -> dict[str, float]:
     from tvts.step import make_train_step
 
     sources = make_sources(config.data, setup.spec.image_size, setup.spec.num_frames,
-                           jax.process_index(), jax.process_count())
+                           jax.process_index(), jax.process_count(), seed=config.seed)
+    # --- data counters (tvts/data/loader.py): skipped / re-drawn examples per source, kept in checkpoints ---
+    data_counters = DataCounters(sources, jax.process_index(), jax.process_count())
+    data_counters.restore(meta)
     steps = {kind: make_train_step(setup, kind) for kind in sources}
 
     def load(iteration):  # a source that has not started yet takes no update, so its batch is not made
@@ -166,22 +171,27 @@ def train_and_evaluate(config, workdir) -> dict[str, float]:
                 scalars["clips_per_sec"] = clips_since_log / elapsed
                 scalars["step_time"] = elapsed / iterations_since_log
                 scalars["nonfinite_skipped"] = skipped
+                scalars.update(data_counters.scalars(done))  # data/<source>/skipped/<reason>, cumulative
                 last_log, clips_since_log, iterations_since_log = time.perf_counter(), 0, 0
                 writer.scalars(done, scalars)
                 for k, v in scalars.items():
                     history.setdefault(k, []).append((done, v))
                 bar.set_postfix_str(writer.summary_line(scalars))
+                if (line := data_counters.report(scalars)) is not None:
+                    writer.text(line)
             for ev in evaluators:
                 if ev.due(done, config.total_steps):
                     writer.scalars(done, ev.run(make_encoders(setup, state["params"])))
             if is_ckpt:
-                ckpt.save(done, state, {"iteration": done})
+                ckpt.save(done, state, {"iteration": done, **data_counters.meta(done)})
             if preempted and done < config.total_steps:
                 preempted_at = done
                 break
     finally:
         preemption.close()
         batches.close()
+        for source in sources.values():  # grain worker processes of file sources
+            getattr(source, "close", lambda: None)()
         bar.close()
         ckpt.wait()
         ckpt.close()

@@ -8,6 +8,7 @@ Parameter tree (stacked layers carry a leading 'layers' axis):
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import flax.linen as nn
@@ -35,13 +36,20 @@ class TVTSv2(nn.Module):
 
     def setup(self):
         v = self.variant
-        self.video = VideoEncoder(v.video, v.joint_dim, v.act, self.dtype, self.remat, self.temporal_init_std)
+        self.video = VideoEncoder(v.video, v.joint_dim, v.act, self.dtype, self.remat, self.temporal_init_std,
+                                  v.sort_tokens)
         self.text = TextEncoder(v.text, v.joint_dim, v.act, self.dtype, self.remat)
         self.sort_head = SortHead(v.sort_head, self.dtype, self.sort_type_init_std)
 
     def encode_video(self, video: jax.Array, keep: jax.Array | None = None) -> jax.Array:
-        """[B, T, H, W, 3] -> all projected tokens [B, 1 + T*n_keep, E] (float32)."""
+        """[B, T, H, W, 3] -> all projected tokens [B, 1 + T*n_keep, E] (float32); [:, 0] is the video embedding
+        (the CLS after ln_post). The patch tokens skip ln_post when the variant's sort_tokens is 'patches'."""
         return self.video(video, keep).astype(jnp.float32)
+
+    def sort_input(self, video_tokens: jax.Array) -> jax.Array:
+        """What the sort head reads of `encode_video`'s tokens: all of them ('all', B/32 and B/16 as published) or
+        the patch tokens alone ('patches', H/14 as published)."""
+        return video_tokens[:, 1:] if self.variant.sort_tokens == "patches" else video_tokens
 
     def encode_text(self, tokens: jax.Array) -> jax.Array:
         """[..., L] -> [..., E] (float32)."""
@@ -58,7 +66,7 @@ class TVTSv2(nn.Module):
         out = {"video_tokens": tokens, "video_emb": tokens[:, 0], "text_emb": text_emb}
         if texts.shape[1] > 1 or self.is_initializing():
             # The sort head reads transcripts with gradients stopped: sorting trains video and head only.
-            out["sort_logits"] = self.sort(tokens, jax.lax.stop_gradient(text_emb))
+            out["sort_logits"] = self.sort(self.sort_input(tokens), jax.lax.stop_gradient(text_emb))
         return out
 
 
@@ -96,7 +104,8 @@ def init_time_attention(params: Any, scheme: TimeInit) -> Any:
 
     if scheme == "published":
         time_attn["qkv"] = jax.tree.map(lambda l: like(l, 0.0), time_attn["qkv"], is_leaf=_is_box)
-        time_attn["out"] = {"kernel": like(time_attn["out"]["kernel"], 1.0), "bias": like(time_attn["out"]["bias"], 0.0)}
+        time_attn["out"] = {"kernel": like(time_attn["out"]["kernel"], 1.0),
+                            "bias": like(time_attn["out"]["bias"], 0.0)}
     elif scheme == "learnable":
         time_attn["qkv"] = jax.tree.map(lambda t, s: _rebox(t, lambda _: jnp.array(_unbox(s))), time_attn["qkv"],
                                         space["qkv"], is_leaf=_is_box)
@@ -107,6 +116,33 @@ def init_time_attention(params: Any, scheme: TimeInit) -> Any:
     video = dict(params["video"])
     video["blocks"] = blocks
     return {**params, "video": video}
+
+
+def merge_loaded(base: Any, loaded: Any, time_init: TimeInit | None = None) -> Any:
+    """`base` (a complete init, e.g. the run's random one) with every leaf of `loaded` (a partial tree: converted CLIP
+    weights hold no time attention, ln_3, temporal embedding or sort head) put over it. Plain trees; jit-able.
+
+    When `loaded` brings the space attention but no time attention, the time attention is initialised again with
+    `init_time_attention(time_init)` (unless `time_init` is None), so that 'learnable' copies the loaded qkv rather
+    than the random one. A loaded leaf `base` does not have is an error.
+    """
+    def overlay(b, l, path):
+        if not isinstance(l, Mapping):
+            return l
+        if not isinstance(b, Mapping):
+            raise ValueError(f"loaded parameters: {path or '/'} is a subtree, the model has a leaf there")
+        out = dict(b)
+        for key, value in l.items():
+            if key not in b:
+                raise ValueError(f"loaded parameters: the model has no {path}{key}")
+            out[key] = overlay(b[key], value, f"{path}{key}/")
+        return out
+
+    merged = overlay(base, loaded, "")
+    blocks = loaded.get("video", {}).get("blocks", {})
+    if time_init is not None and "attn" in blocks and "time_attn" not in blocks:
+        merged = init_time_attention(merged, time_init)
+    return merged
 
 
 def without_time_attention(params: Any) -> Any:

@@ -3,7 +3,9 @@
 `decode_variant('H/14')` returns a frozen `Variant`; nothing mutates it. Overrides
 (for tests or ablations) go through `dataclasses.replace`, which builds a new value.
 Published variants follow docs/published_recipe.md; g/14 and G/14 reuse OpenCLIP's ViT-g/14 and
-ViT-bigG/14 towers and go beyond the paper.
+ViT-bigG/14 towers and go beyond the paper. Their sort head reads what the official H/14's does ('patches'): the
+official video tower for OpenCLIP weights (v2/model/video_encoder_ViT_H_14.py) is written for any OpenCLIP ViT config,
+so g/14 and G/14 built the official way would take that path; L/14 (an OpenAI tower) reads what B/32 and B/16 read.
 """
 from __future__ import annotations
 
@@ -11,6 +13,15 @@ import dataclasses
 from typing import Literal
 
 Activation = Literal["quick_gelu", "gelu"]
+# What the sort head reads of the video tower's output (docs/published_recipe.md, "Sort head"):
+#   'all'     every token after ln_post and proj, CLS included (the official B/32, B/16:
+#             v2/model/video_encoder_ViT_B_16.py:230-233 projects every ln_post-ed token, the sort head reads them all);
+#   'patches' the patch tokens only, projected by proj without ln_post, no CLS (the official H/14: its OpenCLIP tower's
+#             _global_pool splits x[:, 0] from x[:, 1:] and applies ln_post to the pooled CLS alone,
+#             v2/model/video_encoder_ViT_H_14.py:413-417, :477-482).
+# The video embedding is the projected CLS after ln_post either way.
+SortTokens = Literal["all", "patches"]
+SORT_TOKENS = ("all", "patches")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +75,7 @@ class Variant:
     act: Activation
     mask_ratio: float  # the published training mask ratio
     init: str  # which released CLIP weights the towers start from ('random' for tiny)
+    sort_tokens: SortTokens = "all"  # see SORT_TOKENS above; 'patches' for the OpenCLIP towers (H/14, g/14, G/14)
 
     def __post_init__(self):
         if self.video.image_size % self.video.patch_size:
@@ -74,6 +86,8 @@ class Variant:
         if self.sort_head.width != self.joint_dim:
             raise ValueError(f"variant {self.name}: sort head width {self.sort_head.width} must equal "
                              f"joint_dim {self.joint_dim} (it reads projected tokens)")
+        if self.sort_tokens not in SORT_TOKENS:
+            raise ValueError(f"variant {self.name}: sort_tokens {self.sort_tokens!r}: use one of {SORT_TOKENS}")
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ValueError(f"variant {self.name}: mask_ratio {self.mask_ratio} outside [0, 1)")
 
@@ -104,11 +118,11 @@ _VARIANTS: dict[str, Variant] = {
         Variant("L/14", _video(1024, 24, 16, 14), _L_TEXT, SortHeadConfig(768, 12), 768, "quick_gelu", 0.7,
                 "openai:ViT-L-14"),
         Variant("H/14", _video(1280, 32, 16, 14), _H_TEXT, SortHeadConfig(1024, 16), 1024, "gelu", 0.7,
-                "open_clip:ViT-H-14:laion2b_s32b_b79k"),
+                "open_clip:ViT-H-14:laion2b_s32b_b79k", sort_tokens="patches"),
         Variant("g/14", _video(1408, 40, 16, 14, mlp=6144), _H_TEXT, SortHeadConfig(1024, 16), 1024, "gelu",
-                0.7, "open_clip:ViT-g-14:laion2b_s34b_b88k"),
+                0.7, "open_clip:ViT-g-14:laion2b_s34b_b88k", sort_tokens="patches"),
         Variant("G/14", _video(1664, 48, 16, 14, mlp=8192), _G_TEXT, SortHeadConfig(1280, 20), 1280, "gelu",
-                0.7, "open_clip:ViT-bigG-14:laion2b_s39b_b160k"),
+                0.7, "open_clip:ViT-bigG-14:laion2b_s39b_b160k", sort_tokens="patches"),
     )
 }
 

@@ -20,8 +20,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tvts.models.layers import (Dtype, LayerNorm, Mlp, attend, embed_init, layer_stack, logical, out_projection,
-                                qkv_projection)
+from tvts.models.layers import (
+    Dtype,
+    LayerNorm,
+    Mlp,
+    attend,
+    embed_init,
+    layer_stack,
+    logical,
+    out_projection,
+    qkv_projection,
+)
 from tvts.models.variants import VideoTower
 
 
@@ -88,7 +97,9 @@ def gather_kept_patches(patches: jax.Array, keep: jax.Array) -> jax.Array:
 class VideoEncoder(nn.Module):
     """video [B, T, H, W, 3] (normalised floats), keep [B, n_keep] or None -> tokens [B, 1 + T*n_keep, joint_dim].
 
-    The projected CLS token (index 0) is the video embedding; all projected tokens feed the sort head.
+    Index 0 is the video embedding: the CLS token after ln_post, projected. The patch tokens after it are projected
+    after ln_post (sort_tokens='all', the OpenAI towers as published) or without it (sort_tokens='patches', the
+    official H/14's OpenCLIP tower, which applies ln_post to the pooled CLS alone; see variants.SORT_TOKENS).
     T = 1 encodes single images.
     """
 
@@ -103,6 +114,7 @@ class VideoEncoder(nn.Module):
     # tower then starts as the image model, and nothing tells the sort head which frame a token came from until
     # the embedding has learned it).
     temporal_init_std: float = -1.0
+    sort_tokens: str = "all"  # 'all' | 'patches': whether ln_post also applies to the patch tokens (see above)
 
     @nn.compact
     def __call__(self, video: jax.Array, keep: jax.Array | None = None) -> jax.Array:
@@ -134,8 +146,13 @@ class VideoEncoder(nn.Module):
         blocks = layer_stack(SpaceTimeBlock, cfg.depth, self.remat)
         x, _ = blocks(cfg.heads, cfg.mlp_dim, self.act, t, self.dtype, name="blocks")(x, None)
 
-        x = LayerNorm(dtype=self.dtype, name="ln_post")(x)
-        proj = self.param("proj", logical(default_proj_init(cfg.width), ("embed", "joint")), (cfg.width, self.joint_dim))
+        ln_post = LayerNorm(dtype=self.dtype, name="ln_post")
+        if self.sort_tokens == "patches":  # ln_post on the CLS alone (LayerNorm is per token: same CLS as 'all')
+            x = jnp.concatenate([ln_post(x[:, :1]), x[:, 1:]], axis=1)
+        else:
+            x = ln_post(x)
+        proj = self.param("proj", logical(default_proj_init(cfg.width), ("embed", "joint")),
+                          (cfg.width, self.joint_dim))
         return jnp.einsum("bld,de->ble", x, proj.astype(self.dtype))
 
 

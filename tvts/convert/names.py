@@ -1,0 +1,307 @@
+"""The conversion engine shared by the three sources: rules from source names to parameter paths, the layouts of
+PyTorch tensors against this codebase's, and the bookkeeping (every source tensor used or named in one error, every
+parameter not loaded listed in one log line, shapes checked before anything is read).
+
+A rule maps one source tensor to one parameter leaf, or to one layer of a stacked (scanned) leaf, through a layout:
+
+    copy      the same array
+    linear    torch Linear weight [out, in] -> kernel [in, out]
+    qkv       fused q, k, v weight [3D, D] (heads contiguous in each) -> kernel [D, 3, H, Dh]
+    qkv_bias  [3D] -> [3, H, Dh]
+    out       attention output weight [D, H*Dh] -> kernel [H, Dh, D]
+    conv      patch conv weight [W, 3, p, p] (no bias) -> kernel [p, p, 3, W]
+    batch1    [1, ...] -> [...] (the sort head's type embedding [1, 2, E])
+    pos       a position embedding [1 + g*g, D]; resampled (bicubic) when the source grid g differs
+
+Every layout has an exact inverse (`pos` only when the grids agree), which `tvtsv2.from_params` uses.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from tvts.convert.io import StateDict, is_float, shape_of, strip_ddp_prefix, upcast
+from tvts.models.variants import Variant, decode_variant
+
+log = logging.getLogger("tvts.convert")
+
+LAYOUTS = ("copy", "linear", "qkv", "qkv_bias", "out", "conv", "batch1", "pos")
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    source: str  # the source tensor's name
+    target: str  # '/'-joined parameter path
+    layer: int | None = None  # index along the stacked leaf's leading 'layers' axis; None: unstacked
+    layout: str = "copy"
+
+
+def source_shape(layout: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The PyTorch shape that `layout` turns into the parameter shape `shape`."""
+    if layout in ("copy", "pos"):
+        return shape
+    if layout == "linear":
+        return shape[::-1]
+    if layout == "qkv":  # [D, 3, H, Dh]
+        return (shape[1] * shape[2] * shape[3], shape[0])
+    if layout == "qkv_bias":  # [3, H, Dh]
+        return (math.prod(shape),)
+    if layout == "out":  # [H, Dh, D]
+        return (shape[2], shape[0] * shape[1])
+    if layout == "conv":  # [p, p, 3, W]
+        return (shape[3], shape[2], shape[0], shape[1])
+    if layout == "batch1":
+        return (1,) + shape
+    raise ValueError(f"unknown layout {layout!r}")
+
+
+def to_ours(layout: str, x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """PyTorch tensor -> parameter (a view where possible)."""
+    if layout == "copy":
+        return x
+    if layout == "linear":
+        return x.T
+    if layout == "qkv":
+        d, three, h, dh = shape
+        return x.reshape(three, h, dh, d).transpose(3, 0, 1, 2)
+    if layout in ("qkv_bias", "batch1"):
+        return x.reshape(shape)
+    if layout == "out":
+        return x.T.reshape(shape)
+    if layout == "conv":
+        return x.transpose(2, 3, 1, 0)
+    if layout == "pos":
+        return x if x.shape == shape else resample_pos_embedding(x, shape)
+    raise ValueError(f"unknown layout {layout!r}")
+
+
+def to_torch(layout: str, x: np.ndarray) -> np.ndarray:
+    """Parameter -> PyTorch tensor (the inverse of `to_ours`; a view where possible)."""
+    if layout in ("copy", "pos"):
+        return x
+    if layout == "linear":
+        return x.T
+    if layout == "qkv":
+        d = x.shape[0]
+        return x.transpose(1, 2, 3, 0).reshape(-1, d)
+    if layout == "qkv_bias":
+        return x.reshape(-1)
+    if layout == "out":
+        return x.reshape(-1, x.shape[-1]).T
+    if layout == "conv":
+        return x.transpose(3, 2, 0, 1)
+    if layout == "batch1":
+        return x[None]
+    raise ValueError(f"unknown layout {layout!r}")
+
+
+def resample_pos_embedding(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """[1 + g0*g0, D] -> [1 + g*g, D]: the CLS row kept, the patch grid resized bicubically (half-pixel centres)."""
+    import jax
+
+    g0, g = math.isqrt(x.shape[0] - 1), math.isqrt(shape[0] - 1)
+    grid = x[1:].reshape(g0, g0, x.shape[1])
+    resized = np.asarray(jax.image.resize(grid, (g, g, x.shape[1]), method="cubic", antialias=g < g0))
+    return np.concatenate([x[:1], resized.reshape(g * g, x.shape[1]).astype(x.dtype)], axis=0)
+
+
+def _pos_compatible(src: tuple[int, ...], dst: tuple[int, ...]) -> bool:
+    if len(src) != 2 or len(dst) != 2 or src[1] != dst[1]:
+        return False
+    return all(n >= 2 and math.isqrt(n - 1) ** 2 == n - 1 for n in (src[0], dst[0]))
+
+
+# -------------------------------------------------------------------------------------------------- the variant
+
+def resolve_variant(variant: str | Variant) -> Variant:
+    return decode_variant(variant) if isinstance(variant, str) else variant
+
+
+def target_shapes(variant: Variant) -> dict[str, tuple[int, ...]]:
+    """'/'-joined parameter path -> shape, for every parameter of the model (nothing allocated)."""
+    import flax.linen as nn
+    import jax
+
+    from tvts.models.tvtsv2 import abstract_params
+
+    tree = nn.unbox(abstract_params(variant))
+    return {path_str(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def path_str(path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split("/")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{prefix}{key}/"))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def collapse(paths: Iterable[str], universe: Iterable[str]) -> list[str]:
+    """The shortest list of subtrees covering `paths` exactly (within `universe`, all paths): e.g. every sort-head
+    leaf -> 'sort_head'."""
+    paths, universe = set(paths), set(universe)
+    out = []
+    for p in sorted(paths):
+        parts = p.split("/")
+        best = p
+        for i in range(1, len(parts)):
+            root = "/".join(parts[:i])
+            under = {u for u in universe if u.startswith(root + "/")}
+            if under <= paths:
+                best = root
+                break
+        if best not in out:
+            out.append(best)
+    return out
+
+
+def text_block_target(variant: Variant, index: int) -> tuple[str, int]:
+    """Text block `index` -> (stack, layer) under the variant's frozen/tuned split (text.num_frozen)."""
+    nf = variant.text.num_frozen
+    return ("text/frozen_blocks", index) if index < nf else ("text/tuned_blocks", index - nf)
+
+
+# ------------------------------------------------------------------------------------------------- conversion
+
+@dataclasses.dataclass
+class Conversion:
+    """What `convert` made: `params` holds the loaded leaves only (a nested dict of float32 numpy arrays); the rest
+    of the model (`initialised`, collapsed to subtrees) comes from the run's own init."""
+
+    params: dict[str, Any]
+    variant: Variant
+    loaded: list[str]  # parameter paths written
+    initialised: list[str]  # parameter subtrees the source does not have
+    dropped: dict[str, str]  # source tensors deliberately not used -> why
+    resampled: list[str]  # notes on position embeddings resampled to the variant's grid
+    source_dtypes: dict[str, int]  # source dtype -> number of tensors
+
+    def summary(self) -> str:
+        n = sum(int(np.prod(np.shape(v))) for v in flatten(self.params).values())
+        dtypes = ", ".join(f"{k} x{v}" for k, v in sorted(self.source_dtypes.items()))
+        return f"{len(self.loaded)} parameters ({n:,} values) loaded from tensors {dtypes}"
+
+
+def convert(state_dict: Mapping[str, Any], variant: Variant, rules: list[Rule], *,
+            optional: Mapping[str, str] = {}, dropped: Mapping[str, str] = {}, source: str = "") -> Conversion:
+    """Applies `rules` to `state_dict` for `variant`.
+
+    optional: source-name prefix -> what it is; a group of rules that may be absent as a whole (then its parameters
+        are initialised and listed), but not in part.
+    dropped: source names that exist in some files and have no counterpart here (e.g. CLIP's logit_scale) -> why.
+    Errors: every source tensor neither used nor dropped, in one error; every required tensor missing, in one error;
+    every shape mismatch (tensor, its shape, the expected one), in one error, before any tensor is read.
+    """
+    state_dict = strip_ddp_prefix(state_dict)
+    what = f"{source}: " if source else ""
+    shapes = target_shapes(variant)
+    by_source = {}
+    for r in rules:
+        if r.target not in shapes:
+            raise AssertionError(f"rule {r} names a parameter variant {variant.name} does not have")
+        by_source[r.source] = r
+    names = list(state_dict)
+    present = set(names)
+
+    unknown = [k for k in names if k not in by_source and k not in dropped]
+    if unknown:
+        raise ValueError(f"{what}{len(unknown)} tensors have no place in TVTSv2 variant {variant.name} (another "
+                         f"source or variant?): {', '.join(unknown)}")
+    absent_groups = []
+    for prefix, description in optional.items():
+        group = [r.source for r in rules if r.source.startswith(prefix)]
+        found = [s for s in group if s in present]
+        if not found:
+            absent_groups.append(prefix)
+        elif len(found) < len(group):
+            missing = [s for s in group if s not in present]
+            raise ValueError(f"{what}{description} ({prefix}*) is incomplete: {len(missing)} tensors missing: "
+                             f"{', '.join(missing)}")
+    missing = [r.source for r in rules if r.source not in present and not r.source.startswith(tuple(absent_groups))]
+    if missing:
+        raise ValueError(f"{what}{len(missing)} tensors that variant {variant.name} needs are missing: "
+                         f"{', '.join(missing)}")
+
+    active = [r for r in rules if r.source in present]
+    wrong, resampled = [], []
+    for r in active:
+        leaf = shapes[r.target] if r.layer is None else shapes[r.target][1:]
+        want, got = source_shape(r.layout, leaf), shape_of(state_dict, r.source)
+        if got == want:
+            continue
+        if r.layout == "pos" and _pos_compatible(got, want):
+            resampled.append(f"{r.source} {got} -> {want}")
+            continue
+        wrong.append(f"{r.source} has shape {got}, variant {variant.name} needs {want}")
+    if wrong:
+        raise ValueError(f"{what}shape mismatch: {'; '.join(wrong)}")
+
+    flat: dict[str, np.ndarray] = {}
+    dtypes: dict[str, int] = {}
+    for r in active:  # one source tensor at a time, written into its (preallocated) leaf
+        if r.target not in flat:
+            flat[r.target] = np.empty(shapes[r.target], np.float32)
+        leaf_shape = shapes[r.target] if r.layer is None else shapes[r.target][1:]
+        x = np.asarray(state_dict[r.source])
+        if not is_float(x.dtype):
+            raise ValueError(f"{what}{r.source} is {x.dtype}, not a floating tensor")
+        value = to_ours(r.layout, upcast(x), leaf_shape)
+        if r.layer is None:
+            flat[r.target][...] = value
+        else:
+            flat[r.target][r.layer] = value
+        dt = state_dict.dtype(r.source) if isinstance(state_dict, StateDict) else str(x.dtype)
+        dtypes[dt] = dtypes.get(dt, 0) + 1
+        del x, value
+
+    initialised = collapse(set(shapes) - set(flat), shapes)
+    used_dropped = {k: v for k, v in dropped.items() if k in present}
+    conversion = Conversion(nest(flat), variant, sorted(flat), initialised, used_dropped, resampled, dtypes)
+    log.info("%s%s", what, conversion.summary())
+    for note in resampled:
+        log.info("%sposition embedding resampled: %s", what, note)
+    if used_dropped:
+        log.info("%snot used: %s", what, "; ".join(f"{k} ({v})" for k, v in used_dropped.items()))
+    log.info("%snot loaded, initialised as the run's config says: %s", what,
+             ", ".join(initialised) if initialised else "nothing")
+    return conversion
+
+
+def invert(params: Mapping[str, Any], variant: Variant, rules: list[Rule]) -> dict[str, np.ndarray]:
+    """Source name -> PyTorch-layout array, for every rule whose parameter `params` holds (views where possible)."""
+    flat = flatten(params)
+    shapes = target_shapes(variant)
+    for key, value in flat.items():
+        if key not in shapes:
+            raise ValueError(f"parameter {key} is not in variant {variant.name}")
+        if tuple(np.shape(value)) != shapes[key]:
+            raise ValueError(f"parameter {key} has shape {tuple(np.shape(value))}, variant {variant.name} "
+                             f"has {shapes[key]}")
+    out = {}
+    for r in rules:
+        if r.target in flat:
+            value = np.asarray(flat[r.target])
+            out[r.source] = to_torch(r.layout, value if r.layer is None else value[r.layer])
+    return out
