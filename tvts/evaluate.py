@@ -1,6 +1,11 @@
 """Run a config's evaluators on a checkpoint, outside training.
 
     python -m tvts.evaluate --workdir workdirs/demo [--step N] [--config configs/demo.py]
+    python -m tvts.evaluate --backbone BACKBONE_DIR --task TASK --data_dir TFDS_DIR --out RESULTS_DIR \
+        [--split S] [--templates single|ensemble|'t1 {}|t2 {}'] [--class_names OVERRIDES.json] [--batch_size 16]
+
+The second form runs one downstream benchmark (tvts/evaluators/benchmarks.py, docs/evaluation.md) with an
+exported backbone on a built TFDS dataset and writes RESULTS_DIR/<task>.{json,md,png}.
 
 Without --config, the run's own `config.json` (written by the trainer) is used. Restores the newest (or given)
 checkpoint of `workdir` onto the config's mesh and prints the metrics of every entry of `config.evals` (as at the
@@ -62,13 +67,28 @@ def evaluate(config, workdir, step: int | None = None) -> dict[str, float]:
 
 
 def main(argv):
-    del argv
-    from absl import flags, logging
+    from absl import app, flags, logging
 
     from tvts import distributed
 
     logging.set_verbosity(logging.WARNING)
     f = flags.FLAGS
+    if f.backbone or f.task:
+        import sys
+
+        from tvts.evaluators.benchmarks import Options, main_benchmark
+
+        missing = [n for n in ("backbone", "task", "data_dir", "out") if not getattr(f, n)]
+        if missing:
+            raise app.UsageError(f"benchmark mode needs --{', --'.join(missing)}")
+        opts = Options(split=f.split, batch=f.batch_size, workers=f.workers, templates=f.templates,
+                       class_names=f.class_names)
+        main_benchmark(f.backbone, f.task, f.data_dir, f.out, opts, " ".join(["python -m tvts.evaluate",
+                                                                            *sys.argv[1:]]))
+        return
+    del argv
+    if not f.workdir:
+        raise app.UsageError("pass --workdir (or --backbone/--task/--data_dir/--out)")
     distributed.initialize()
     evaluate(f.config, f.workdir, f.step)
 
@@ -81,5 +101,16 @@ if __name__ == "__main__":
                                     "run's config.json).", lock_config=True)
     flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints/.")
     flags.DEFINE_integer("step", None, "Checkpoint step (default: newest).")
-    flags.mark_flags_as_required(["workdir"])
+    flags.DEFINE_string("backbone", None, "Benchmark mode: an exported backbone directory (tvts.export).")
+    flags.DEFINE_string("task", None, "Benchmark mode: msrvtt_retrieval, didemo_retrieval, lsmdc_retrieval, "
+                        "{ucf101,hmdb51}_{zeroshot,linear,v2v}.")
+    flags.DEFINE_string("data_dir", None, "Benchmark mode: the TFDS data_dir the datasets were built into.")
+    flags.DEFINE_string("out", None, "Benchmark mode: results folder (<task>.json/.md/.png, cache/).")
+    flags.DEFINE_string("split", None, "Retrieval: TFDS split (default test); ucf101/hmdb51: 1, 2 or 3 "
+                        "(default 1).")
+    flags.DEFINE_string("templates", None, "Zero-shot prompts: single ('a person {}', default), ensemble, or "
+                        "templates joined by '|'.")
+    flags.DEFINE_string("class_names", None, "Zero-shot: JSON file {class: phrase} overriding the readable names.")
+    flags.DEFINE_integer("batch_size", 16, "Benchmark mode: videos per encoder call.")
+    flags.DEFINE_integer("workers", 2, "Benchmark mode: decoding threads.")
     app.run(main)

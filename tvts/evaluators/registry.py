@@ -3,12 +3,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from tvts.evaluators.benchmarks import EVALUATORS as BENCHMARK_EVALUATORS
 from tvts.evaluators.common import Evaluator
 from tvts.evaluators.synthetic_heldout import SyntheticHeldout
 from tvts.models.inputs import PreprocessSpec
 
 EVALUATORS: dict[str, type[Evaluator]] = {
     "synthetic_heldout": SyntheticHeldout,
+    **BENCHMARK_EVALUATORS,  # msrvtt_retrieval, ucf101_zeroshot, ... (tvts/evaluators/benchmarks.py)
 }
 
 
@@ -16,7 +18,9 @@ def check_entries(evals_cfg: Any) -> None:
     """Fail on an unknown evaluator type, naming the entry (called by config validation)."""
     for name, entry in evals_cfg.items():
         if entry.get("type") not in EVALUATORS:
-            raise ValueError(f"config.evals.{name}.type={entry.get('type')!r}: known evaluators {sorted(EVALUATORS)}")
+            builtin = sorted(k for k in EVALUATORS if k not in BENCHMARK_EVALUATORS)
+            raise ValueError(f"config.evals.{name}.type={entry.get('type')!r}: known evaluators {builtin} and the "
+                             f"benchmarks {sorted(BENCHMARK_EVALUATORS)} (tvts/evaluators/benchmarks.py)")
 
 
 def make_evaluators(evals_cfg: Any, data_cfg: Any, spec: PreprocessSpec, output_dir: Any = None) -> list[Evaluator]:

@@ -1,0 +1,302 @@
+"""Downstream benchmarks (tvts/evaluators/benchmarks.py, `python -m tvts.evaluate --backbone ... --task ...`):
+every task runs end to end on the built fixtures with a tiny exported backbone and writes its JSON / Markdown /
+plot with item counts and chance levels; planted embeddings give 100% on zero-shot, linear and v2v; the new
+metric pieces (class-name phrasing, midpoint frames, multi-positive ranks with ties, v2v chance) match
+hand-computed values; an unreadable video is counted as a miss."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+tfds = pytest.importorskip("tensorflow_datasets")
+
+from tvts.evaluators import benchmarks as bm  # noqa: E402
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Hand-computed pieces
+# --------------------------------------------------------------------------------------------------------------
+def test_class_name_phrasing_and_overrides(tmp_path):
+    assert bm.phrase("ApplyEyeMakeup") == "apply eye makeup"
+    assert bm.phrase("brush_hair") == "brush hair"
+    assert bm.phrase("YoYo") == "yo yo"
+    assert bm.phrase("HandstandPushups") == "handstand pushups"
+    assert bm.phrase("TVShow") == "tv show"
+    assert bm.phrase("fall_floor") == "fall floor"
+    path = tmp_path / "names.json"
+    path.write_text(json.dumps({"YoYo": "playing with a yo-yo"}))
+    assert bm.class_phrases(["YoYo", "Archery"], str(path)) == ["playing with a yo-yo", "archery"]
+    with pytest.raises(ValueError):
+        bm.class_phrases(["YoYo"], {"Nope": "x"})
+
+
+def test_midpoint_indices():
+    # 24 frames, 12 segments of 2: [0,1] -> 0, [2,3] -> 2, ...
+    assert bm.midpoint_indices(24, 12).tolist() == list(range(0, 24, 2))
+    # 10 frames, 4 segments: edges linspace(0, 10, 5).astype(int) = 0 2 5 7 10 -> (0+1)//2 (2+4)//2 (5+6)//2 (7+9)//2
+    assert bm.midpoint_indices(10, 4).tolist() == [0, 3, 5, 8]
+    # fewer frames than samples: repeats, within range
+    assert bm.midpoint_indices(3, 4).tolist() == [0, 0, 1, 2]
+    assert bm.midpoint_indices(1, 3).tolist() == [0, 0, 0]
+
+
+def test_eval_resize_is_short_side_then_centre_crop():
+    frame = np.zeros((60, 120, 3), np.uint8)
+    frame[:, 40:80] = 255        # a centre band
+    out = bm.eval_resize(frame, 32)   # short side 38 (round(32 * 268 / 224)), long 76, crop 32 at x = 22
+    assert out.shape == (32, 32, 3)
+    # the 40 px band scales to ~25 px of the 76 px row, centred: columns ~3..28 of the crop are white
+    assert out[:, 8:24].min() == 255
+    assert out[:, 0].max() < 128 and out[:, 31].max() < 128
+
+
+def test_multi_positive_ranks_with_ties():
+    sim = np.array([[0.9, 0.5, 0.5, 0.1],
+                    [0.2, 0.7, 0.7, 0.7],
+                    [0.3, 0.2, 0.1, 0.0],
+                    [np.nan, 0.1, 0.2, 0.3]])
+    pos = np.array([[False, True, False, False],   # best positive 0.5 tied with negative 0.5, below 0.9 -> 3
+                    [False, True, True, False],    # best 0.7, one negative tied -> 2
+                    [False, False, False, False],  # no positive -> N + 1
+                    [True, False, False, False]])  # NaN positive -> N + 1
+    assert bm.multi_target_ranks(sim, pos).tolist() == [3, 2, 5, 5]
+
+
+def test_v2v_recall_and_chance_by_hand():
+    # gallery labels 0 0 1 1 1, queries of class 0 and 1; embeddings on a circle
+    g = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9], [-1, 0]], float)
+    q = np.array([[0, 1], [1, 0.05]], float)
+    ranks = bm.v2v_ranks(q, [0, 1], g, [0, 0, 1, 1, 1])
+    # query 0 (class 0) at (0,1): nearest class-0 is (0.9,0.1) (cos 0.11); class-1 items above it: (0,1), (0.1,0.9)
+    # query 1 (class 1) at ~(1,0): the class-1 best is (0.1,0.9) cos ~0.16; class-0 items above: 2 -> rank 3
+    assert ranks.tolist() == [3, 3]
+    chance = bm.v2v_chance([0, 1], [0, 0, 1, 1, 1], ks=(1, 2))
+    # R@1: (2/5 + 3/5) / 2 = 50; R@2: class 0: 1 - C(3,2)/C(5,2) = 0.7, class 1: 1 - C(2,2)/C(5,2) = 0.9 -> 80
+    assert chance == pytest.approx({"R@1": 50.0, "R@2": 80.0})
+
+
+def test_retrieval_result_with_several_captions_and_a_failed_video():
+    video = np.eye(3)
+    video[2] = np.nan                               # an unreadable video
+    text = np.array([[1, 0, 0], [1, 0.1, 0], [0, 1, 0], [0, 0, 1.0]])
+    res = bm.retrieval_result(text, np.array([0, 0, 1, 2]), video)
+    m = res["metrics"]
+    assert m["t2v/R@1"] == pytest.approx(75.0)      # the text of the failed video misses
+    assert m["t2v/MnR"] == pytest.approx((1 + 1 + 1 + 3) / 4)
+    assert m["v2t/R@1"] == pytest.approx(100 * 2 / 3)
+    assert res["chance"]["t2v/R@1"] == pytest.approx(100 / 3)
+    assert res["chance"]["v2t/R@1"] == pytest.approx(100 / 4)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# End to end on the fixtures
+# --------------------------------------------------------------------------------------------------------------
+DATASETS = ("msrvtt", "didemo", "lsmdc", "ucf101", "hmdb51")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    from tvts.data import build as build_cli
+    from tvts.data import fixtures
+
+    root = tmp_path_factory.mktemp("bench")
+    data_dir = str(root / "tfds")
+    truth = {}
+    for name in DATASETS:
+        manual = str(root / "manual" / name)
+        truth[name] = fixtures.write(name, manual)
+        for config in (["split1"] if name in ("ucf101", "hmdb51") else [None]):
+            build_cli.build(name, manual, data_dir, config, verbose=False)
+    return data_dir, truth
+
+
+@pytest.fixture(scope="module")
+def backbone_dir(tmp_path_factory):
+    from tests.helpers import one_device_setup, tiny_config
+    from tests.test_export import perturbed_params
+    from tvts import export
+
+    setup = one_device_setup(tiny_config())
+    out = str(tmp_path_factory.mktemp("backbone"))
+    export.export_run(setup, perturbed_params(setup), out, workdir="WORKDIR", step=1)
+    return out
+
+
+def _check_outputs(out, task, res):
+    for ext in ("json", "md", "png"):
+        assert os.path.getsize(os.path.join(out, f"{task}.{ext}")) > 0
+    data = json.loads(open(os.path.join(out, f"{task}.json")).read())
+    assert data["task"] == task and data["num_failed"] == 0 and data["command"].startswith("python -m")
+    assert data["num_items"] == res["num_items"]
+    assert set(data["chance"]) >= {k for k in data["metrics"] if k in data["chance"]}
+    return data
+
+
+@pytest.mark.parametrize("task,n,chance", [
+    ("msrvtt_retrieval", 2, {"t2v/R@1": 50.0, "v2t/R@1": 50.0, "t2v/MdR": 1.5}),
+    ("didemo_retrieval", 2, {"t2v/R@1": 50.0, "v2t/R@5": 100.0}),
+    ("lsmdc_retrieval", 2, {"t2v/R@1": 50.0, "v2t/R@1": 100 / 3}),  # clip 0 has two captions: 3 texts
+])
+def test_retrieval_tasks_end_to_end(built, backbone_dir, tmp_path, task, n, chance):
+    from tvts import backbone as backbone_lib
+
+    data_dir, truth = built
+    out = str(tmp_path / "results")
+    res = bm.main_benchmark(backbone_dir, task, data_dir, out, bm.Options(batch=4), "python -m tvts.evaluate x")
+    assert res["num_items"] == n == len(truth[task.split("_")[0]]["test"])
+    data = _check_outputs(out, task, res)
+    for k in ("R@1", "R@5", "R@10", "R@50", "MdR", "MnR"):
+        assert f"t2v/{k}" in data["metrics"] and f"v2t/{k}" in data["metrics"]
+    assert data["chance"] == pytest.approx({**data["chance"], **chance})
+    assert data["spec"]["num_frames"] == backbone_lib.load(backbone_dir).spec.num_frames
+    assert os.listdir(os.path.join(out, "cache"))  # features cached
+
+
+@pytest.mark.parametrize("task", ["ucf101_zeroshot", "hmdb51_zeroshot", "ucf101_linear", "hmdb51_linear",
+                                  "ucf101_v2v", "hmdb51_v2v"])
+def test_classification_tasks_end_to_end(built, backbone_dir, tmp_path, task):
+    data_dir, truth = built
+    dataset = task.split("_")[0]
+    out = str(tmp_path / "results")
+    res = bm.main_benchmark(backbone_dir, task, data_dir, out, bm.Options(batch=4), "python -m tvts.evaluate x")
+    n_test = len(truth[dataset]["split1"]["test"])
+    assert res["num_items"] == n_test
+    data = _check_outputs(out, task, res)
+    classes = 101 if dataset == "ucf101" else 51
+    if task.endswith("v2v"):
+        assert set(data["metrics"]) == {"R@1", "R@5", "R@10", "R@20", "MdR", "MnR"}
+        assert data["num_gallery"] == len(truth[dataset]["split1"]["train"])
+        assert data["metrics"]["R@20"] == 100.0       # the gallery is smaller than 20
+        assert data["chance"]["R@20"] == pytest.approx(100.0)
+    else:
+        assert set(data["metrics"]) == {"top1", "top5"}
+        assert data["chance"]["top1"] == pytest.approx(100 / classes)
+        assert data["chance"]["top5"] == pytest.approx(500 / classes)
+        assert len(data["per_class"]) == len({v["label"] for v in truth[dataset]["split1"]["test"].values()})
+    if task == "ucf101_zeroshot":
+        assert data["templates"] == ["a person {}"]
+        assert data["class_phrases"]["ApplyEyeMakeup"] == "apply eye makeup"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Planted embeddings: a fake Encoders whose video embedding encodes the class
+# --------------------------------------------------------------------------------------------------------------
+class Planted:
+    """A fake Encoders: a text embedding is the one-hot of the class whose phrase it holds; video embeddings are
+    planted by replacing encode_videos (one-hot of each item's true class, found from its file bytes)."""
+
+    def __init__(self, spec, phrases):
+        self.spec, self.phrases, self.dim = spec, phrases, len(phrases) + 1
+
+    def encode_text(self, tokens):
+        from tvts.data.tokenizer import get_tokenizer
+
+        tok = get_tokenizer(self.spec.context_length)
+        out = np.zeros((tokens.shape[0], self.dim), np.float32)
+        for k, row in enumerate(tokens):
+            text = tok.decode(row.tolist())
+            hits = [c for c, p in enumerate(self.phrases) if text.strip() == f"a person {p}"]
+            out[k, hits[0] if hits else -1] = 1.0
+        return out
+
+
+@pytest.mark.parametrize("dataset", ["ucf101", "hmdb51"])
+def test_planted_embeddings_score_100(built, monkeypatch, dataset):
+    from types import SimpleNamespace
+
+    data_dir, _ = built
+    _, info = bm.open_split(data_dir, dataset, "split1", "test")
+    phrases = bm.class_phrases(list(info.features["label"].names))
+    label_of = {}
+    for split in ("train", "test"):
+        src, _ = bm.open_split(data_dir, dataset, "split1", split)
+        for i in range(len(src)):
+            label_of[bytes(src[i]["video"])] = int(src[i]["label"])
+    enc = Planted(SimpleNamespace(num_frames=2, image_size=8, context_length=16), phrases)
+
+    def encode_videos(encoders, examples, n, **kw):
+        emb = np.zeros((n, encoders.dim), np.float32)
+        for i in range(n):
+            emb[i, label_of[bytes(examples(i)["video"])]] = 1.0
+        return emb, []
+
+    monkeypatch.setattr(bm, "encode_videos", encode_videos)
+    for kind in ("zeroshot", "linear", "v2v"):
+        res = bm.run_task(f"{dataset}_{kind}", enc, data_dir, bm.Options(batch=4))
+        key = "R@1" if kind == "v2v" else "top1"
+        assert res["metrics"][key] == 100.0, (kind, res["metrics"])
+        assert res["num_failed"] == 0
+
+
+def test_an_unreadable_video_is_counted_as_a_miss(built, monkeypatch):
+    data_dir, _ = built
+    real = bm.load_frames
+    calls = []
+
+    def flaky(data, t, s):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("corrupt")
+        return real(data, t, s)
+
+    monkeypatch.setattr(bm, "load_frames", flaky)
+
+    class Const:
+        spec = type("S", (), {"num_frames": 2, "image_size": 16, "context_length": 16})()
+
+        def encode_video(self, frames):
+            return np.ones((frames.shape[0], 3), np.float32)
+
+        def encode_text(self, tokens):
+            return np.ones((tokens.shape[0], 3), np.float32)
+
+    res = bm.run_task("msrvtt_retrieval", Const(), data_dir, bm.Options(batch=4, workers=1))
+    assert res["num_items"] == 2 and res["num_failed"] == 1 and "corrupt" in res["failed"][0][1]
+    # the failed video's text ranks last (2), the other text ties with its video: pessimistic rank 1 (the failed
+    # one is never retrieved)
+    assert res["metrics"]["t2v/R@1"] == 50.0
+
+
+def test_benchmark_types_are_registered_evaluators(built, backbone_dir):
+    import ml_collections
+
+    from tvts import backbone as backbone_lib
+    from tvts.evaluators.registry import EVALUATORS, make_evaluators
+
+    assert {"msrvtt_retrieval", "ucf101_zeroshot", "hmdb51_linear", "ucf101_v2v"} <= set(EVALUATORS)
+    data_dir, _ = built
+    bb = backbone_lib.load(backbone_dir)
+    cfg = ml_collections.ConfigDict({"zs": dict(type="hmdb51_zeroshot", every=0, data_dir=data_dir, split=1,
+                                                batch=4)})
+    (ev,) = make_evaluators(cfg, None, bb.spec)
+    got = ev.run(bb, final=True, references={"again": bb})
+    assert got["zs/num_items"] == 3 and got["zs/chance/top1"] == pytest.approx(100 / 51)
+    assert got["zs/top1"] == got["zs/again/top1"]
+
+
+def test_topk_with_ties_and_an_unreadable_row():
+    logits = np.array([[3.0, 1.0, 2.0],
+                       [2.0, 2.0, 0.0],          # true class 0 tied with class 1: not top-1, top-2
+                       [np.nan, np.nan, np.nan]])  # unreadable video
+    metrics, rank = bm.topk_from_logits(logits, np.array([0, 0, 1]), ks=(1, 2))
+    assert rank.tolist() == [1, 2, 4]
+    assert metrics == pytest.approx({"top1": 100 / 3, "top2": 200 / 3})
+
+
+def test_features_are_cached_per_backbone_and_split(built, backbone_dir, tmp_path, monkeypatch):
+    from tvts import backbone as backbone_lib
+
+    data_dir, _ = built
+    bb = backbone_lib.load(backbone_dir)
+    opts = bm.Options(batch=4, cache_dir=str(tmp_path / "cache"))
+    first = bm.run_task("hmdb51_linear", bb, data_dir, opts)
+    assert len(os.listdir(tmp_path / "cache")) == 2          # train and test of split1
+    monkeypatch.setattr(bm, "load_frames", lambda *a: (_ for _ in ()).throw(AssertionError("decoded again")))
+    again = bm.run_task("hmdb51_v2v", bb, data_dir, opts)     # same splits: read from the cache
+    assert again["num_failed"] == 0 and first["num_items"] == again["num_items"]
+    ens = bm.run_task("hmdb51_zeroshot", bb, data_dir, bm.Options(batch=4, cache_dir=opts.cache_dir,
+                                                                  templates="ensemble"))
+    assert ens["templates"] == list(bm.ENSEMBLE_TEMPLATES) and ens["num_failed"] == 0
