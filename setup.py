@@ -16,6 +16,7 @@ setup(
         "tensorflow-datasets>=4.9,<4.10",
         # TFDS without TensorFlow: ArrayRecord files (tvts/data/builders) and its resource lookups
         "array_record>=0.5",
+        "grain>=0.2.18",  # the file loader (tvts/data/loader.py)
         "importlib_resources>=6.0",
         "einops>=0.8",
         "ml-collections>=1.0",

@@ -68,9 +68,17 @@ def text_length(data_cfg, kind: str) -> int:
 
 
 def make_sources(data_cfg, image_size: int, num_frames: int, process_index: int = 0,
-                 process_count: int = 1) -> dict[str, BatchSource]:
+                 process_count: int = 1, seed: int = 0) -> dict[str, BatchSource]:
+    """The sources of `data_cfg.sources`: the built-in synthetic corpus (data.name 'synthetic'; `seed` unused, its
+    own is data.synthetic.seed) or prepared TFDS datasets read with grain (data.name 'tfds', shuffled by `seed`:
+    tvts/data/loader.py)."""
+    if data_cfg.name == "tfds":
+        from tvts.data.loader import make_tfds_sources
+
+        return make_tfds_sources(data_cfg, image_size, num_frames, process_index, process_count, seed)
     if data_cfg.name != "synthetic":
-        raise ValueError(f"config.data.name={data_cfg.name!r}: this build reads the built-in 'synthetic' corpus")
+        raise ValueError(f"config.data.name={data_cfg.name!r}: known data 'synthetic' (built in) and 'tfds' "
+                         f"(prepared datasets in data.tfds_data_dir)")
     corpus = SyntheticCorpus(synthetic_config(data_cfg, image_size, num_frames), split="train")
     return {kind: SyntheticSource(kind, corpus, data_cfg[f"{kind}_batch"], text_length(data_cfg, kind),
                                   process_index, process_count) for kind in data_cfg.sources}
