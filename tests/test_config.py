@@ -129,5 +129,9 @@ def test_config_arguments_are_python_literals_or_strings():
 
 
 def test_frames_the_synthetic_corpus_cannot_split_fail_in_validation():
+    from tvts.config import validate_data
+
+    config = tiny_config(**{"model.num_frames": 6})
+    validate(config)  # the model takes 6 frames; only the corpus cannot split them into 4 clips
     with pytest.raises(ValueError, match="num_frames=6"):
-        validate(tiny_config(**{"model.num_frames": 6}))
+        validate_data(config)

@@ -167,10 +167,6 @@ def validate(config: Any, num_devices: int | None = None, process_count: int | N
     _validate_init(config, variant)
     if config.data.name not in DATA_NAMES:
         raise ValueError(f"config.data.name={config.data.name!r}: known data {', '.join(DATA_NAMES)}")
-    if config.data.name == "synthetic":
-        from tvts.data.pipeline import synthetic_config  # names num_frames when the 4 clips cannot split it
-
-        synthetic_config(config.data, variant.video.image_size, config.model.num_frames)
     if config.data.name == "tfds":  # --- data='tfds' (tvts/data/loader.py) ---
         _validate_tfds(config)
     if not 0.0 <= config.data.max_bad_fraction <= 1.0:
@@ -230,6 +226,15 @@ def validate(config: Any, num_devices: int | None = None, process_count: int | N
             raise ValueError(f"config.optim.group_start.{name}: no such group; groups: {sorted(config.optim.groups)}")
         if not 0.0 <= fraction < 1.0:
             raise ValueError(f"config.optim.group_start.{name}={fraction} must be a fraction of training in [0, 1)")
+
+
+def validate_data(config: Any) -> None:
+    """What reading the data needs beyond `validate` (the trainer calls both; plans and benchmarks that read no data
+    call `validate` alone): the synthetic corpus splits num_frames over its 4 clips."""
+    if config.data.name == "synthetic":
+        from tvts.data.pipeline import synthetic_config
+
+        synthetic_config(config.data, model_variant(config.model).video.image_size, config.model.num_frames)
 
 
 def _validate_tfds(config: Any) -> None:

@@ -88,6 +88,7 @@ def train_and_evaluate(config, workdir) -> dict[str, float]:
     from tvts.preemption import PreemptionNotice
 
     config_lib.validate(config, jax.device_count(), jax.process_count())
+    config_lib.validate_data(config)
     check_entries(config.evals)
     setup = make_setup(config)
     curriculum = setup.curriculum
