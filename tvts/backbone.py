@@ -29,6 +29,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from tvts.trees import flatten, unflatten
+
 __all__ = ["FORMAT", "FORMAT_VERSION", "INFO_FILE", "PARAMS_FILE", "Backbone", "Spec", "load", "read_safetensors",
            "write_safetensors", "flatten", "unflatten"]
 
@@ -94,30 +96,6 @@ def read_safetensors(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         begin, end = h["data_offsets"]
         out[name] = data[begin:end].view(dtype).reshape(h["shape"])
     return out, metadata
-
-
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dicts -> {'a/b/c': leaf}."""
-    out = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(flatten(value, name + "/"))
-        else:
-            out[name] = value
-    return out
-
-
-def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """{'a/b/c': leaf} -> nested dicts."""
-    out: dict[str, Any] = {}
-    for name, value in flat.items():
-        *parents, leaf = name.split("/")
-        node = out
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return out
 
 
 def _is_local(path) -> bool:

@@ -13,6 +13,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from tvts.trees import path_str, unflatten
+
 
 def with_shardings(abstract: Any, shardings: Any) -> Any:
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
@@ -59,7 +61,7 @@ def save_params(directory, params: Any, metadata: dict[str, Any]) -> None:
     a run's parameters reads this too. `params` may be partial (the leaves the source had); the JSON metadata gains
     'leaves', the '/'-joined paths written. Leaves may be numpy or jax arrays.
     """
-    leaves = sorted(_path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params))
+    leaves = sorted(path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params))
     directory = epath.Path(directory)
     directory = directory.resolve() if "://" not in str(directory) else directory
     # Uncompressed: orbax then holds one extra copy of the tree while it writes (with compression, two; measured
@@ -110,7 +112,7 @@ def saved_params_shapes(directory, step: int | None = None) -> dict[str, tuple[i
     tree = getattr(tree, "tree", tree)
     if "params" not in tree:
         raise ValueError(f"the checkpoint in {directory} holds no 'params'")
-    return {_path_str(p): tuple(m.shape) for p, m in
+    return {path_str(p): tuple(m.shape) for p, m in
             jax.tree_util.tree_leaves_with_path(tree["params"], is_leaf=lambda x: hasattr(x, "shape"))}
 
 
@@ -123,7 +125,7 @@ def restore_params(directory, abstract_params: Any, step: int | None = None) -> 
     merge_loaded`). A stored leaf the model lacks, or one whose shape differs, is an error naming it.
     """
     saved = saved_params_shapes(directory, step)
-    flat = {_path_str(p): a for p, a in jax.tree_util.tree_leaves_with_path(abstract_params)}
+    flat = {path_str(p): a for p, a in jax.tree_util.tree_leaves_with_path(abstract_params)}
     unknown = sorted(set(saved) - set(flat))
     if unknown:
         raise ValueError(f"{directory}: {len(unknown)} stored parameters the model does not have (another variant "
@@ -134,7 +136,7 @@ def restore_params(directory, abstract_params: Any, step: int | None = None) -> 
         meta = read_meta(directory, step)
         how = f" (converted with {meta['conversion']})" if "conversion" in meta else ""
         raise ValueError(f"{directory}{how}: shape mismatch: {'; '.join(wrong)}")
-    target = _nest({k: flat[k] for k in saved})
+    target = unflatten({k: flat[k] for k in saved})
     ckpt = Checkpointer(directory)
     try:
         step = ckpt.latest_step() if step is None else step
@@ -155,7 +157,7 @@ def read_params(directory, step: int | None = None) -> dict[str, Any]:
     ckpt = Checkpointer(directory)
     try:
         step = ckpt.latest_step() if step is None else step
-        target = _nest({k: 0 for k in saved})
+        target = unflatten({k: 0 for k in saved})
         restored = ckpt.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.PyTreeRestore(item={"params": target},
                                          restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
@@ -166,16 +168,3 @@ def read_params(directory, step: int | None = None) -> dict[str, Any]:
     return restored["state"]["params"]
 
 
-def _path_str(path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-
-
-def _nest(flat: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in flat.items():
-        *parents, leaf = key.split("/")
-        node = out
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return out

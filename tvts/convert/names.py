@@ -27,6 +27,7 @@ import numpy as np
 
 from tvts.convert.io import StateDict, is_float, shape_of, strip_ddp_prefix, upcast
 from tvts.models.variants import Variant, decode_variant
+from tvts.trees import flatten, path_str, unflatten
 
 log = logging.getLogger("tvts.convert")
 
@@ -131,31 +132,6 @@ def target_shapes(variant: Variant) -> dict[str, tuple[int, ...]]:
 
     tree = nn.unbox(abstract_params(variant))
     return {path_str(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
-
-
-def path_str(path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-
-
-def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in flat.items():
-        *parents, leaf = key.split("/")
-        node = out
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return out
-
-
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            out.update(flatten(value, f"{prefix}{key}/"))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def collapse(paths: Iterable[str], universe: Iterable[str]) -> list[str]:
@@ -278,7 +254,7 @@ def convert(state_dict: Mapping[str, Any], variant: Variant, rules: list[Rule], 
 
     initialised = collapse(set(shapes) - set(flat), shapes)
     used_dropped = {k: v for k, v in dropped.items() if k in present}
-    conversion = Conversion(nest(flat), variant, sorted(flat), initialised, used_dropped, resampled, dtypes)
+    conversion = Conversion(unflatten(flat), variant, sorted(flat), initialised, used_dropped, resampled, dtypes)
     log.info("%s%s", what, conversion.summary())
     for note in resampled:
         log.info("%sposition embedding resampled: %s", what, note)
