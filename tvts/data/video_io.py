@@ -25,27 +25,7 @@ def file_frame_times(duration: float, fps: float) -> np.ndarray:
 
 def encode_mp4(path: str, frames: np.ndarray, fps: float, codec: str | None = None, crf: int = 12) -> None:
     """Write uint8 frames [N, H, W, 3] (H, W even) to an mp4 at constant ``fps``."""
-    frames = np.asarray(frames, np.uint8)
-    _, h, w, _ = frames.shape
-    if h % 2 or w % 2:
-        raise ValueError(f'{path}: frame size {h}x{w} must be even for yuv420p')
-    codec = codec or default_codec()
-    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-    tmp = path + '.tmp.mp4'
-    with av.open(tmp, 'w') as container:
-        rate = int(fps) if float(fps).is_integer() else fps
-        stream = container.add_stream(codec, rate=rate)
-        stream.width, stream.height, stream.pix_fmt = w, h, 'yuv420p'
-        if codec == 'libx264':
-            stream.options = {'crf': str(crf), 'preset': 'veryfast', 'threads': '1'}
-        else:
-            stream.bit_rate = 2_000_000
-        for f in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format='rgb24')):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    os.replace(tmp, path)  # a crashed run never leaves a truncated file under the final name
+    _encode(path, frames, fps, codec or default_codec(), crf)
 
 
 def decode_mp4(path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -63,27 +43,27 @@ CONTAINER_CODECS = {'.avi': 'mpeg4', '.webm': 'libvpx', '.mkv': None, '.mov': No
 
 def encode_video(path: str, frames: np.ndarray, fps: float, codec: str | None = None) -> None:
     """Write uint8 frames [N, H, W, 3] (H, W even) at constant ``fps`` to the container its extension names:
-    .mp4 / .mov / .m4v / .mkv hold H.264 (``default_codec()``), .avi MPEG-4 Part 2, .webm VP8. Like
-    ``encode_mp4``, written to a temporary name first, so a crash never leaves a truncated file."""
+    .mp4 / .mov / .m4v / .mkv hold H.264 (``default_codec()``), .avi MPEG-4 Part 2, .webm VP8."""
     ext = os.path.splitext(path)[1].lower()
     if ext not in CONTAINER_CODECS:
         raise ValueError(f'{path}: no codec chosen for {ext!r} files (known: {sorted(CONTAINER_CODECS)})')
-    codec = codec or CONTAINER_CODECS[ext] or default_codec()
-    if ext == '.mp4' and codec in ('libx264', 'mpeg4'):
-        encode_mp4(path, frames, fps, codec)
-        return
+    _encode(path, frames, fps, codec or CONTAINER_CODECS[ext] or default_codec())
+
+
+def _encode(path: str, frames: np.ndarray, fps: float, codec: str, crf: int = 12) -> None:
     frames = np.asarray(frames, np.uint8)
     _, h, w, _ = frames.shape
     if h % 2 or w % 2:
         raise ValueError(f'{path}: frame size {h}x{w} must be even for yuv420p')
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    ext = os.path.splitext(path)[1]
     tmp = path + '.tmp' + ext
     with av.open(tmp, 'w') as container:
         rate = int(fps) if float(fps).is_integer() else fps
         stream = container.add_stream(codec, rate=rate)
         stream.width, stream.height, stream.pix_fmt = w, h, 'yuv420p'
         if codec == 'libx264':
-            stream.options = {'crf': '12', 'preset': 'veryfast', 'threads': '1'}
+            stream.options = {'crf': str(crf), 'preset': 'veryfast', 'threads': '1'}
         elif codec == 'libvpx':
             stream.options = {'threads': '1', 'deadline': 'realtime', 'cpu-used': '8'}
             stream.bit_rate = 1_000_000
@@ -94,4 +74,4 @@ def encode_video(path: str, frames: np.ndarray, fps: float, codec: str | None = 
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    os.replace(tmp, path)
+    os.replace(tmp, path)  # a crashed run never leaves a truncated file under the final name
