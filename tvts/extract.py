@@ -111,42 +111,6 @@ def resize_frame(frame: np.ndarray, size: int, mode: str = "stretch") -> np.ndar
     return np.asarray(image.crop((left, top, left + size, top + size)))
 
 
-def count_frames(path: str) -> int:
-    """Frames of a file's first video stream: the container's count, else its packets (demuxed, not decoded)."""
-    import av
-
-    with av.open(path) as container:
-        if not container.streams.video:
-            raise ValueError("no video stream")
-        stream = container.streams.video[0]
-        if stream.frames > 0:
-            return int(stream.frames)
-        return sum(1 for packet in container.demux(stream) if packet.size)
-
-
-def decode_frames(path: str, indices: np.ndarray, size: int, resize: str = "stretch") -> tuple[dict[int, np.ndarray],
-                                                                                                int]:
-    """({index: resized frame} for the wanted `indices`, frames decoded). Decodes from the start up to the last
-    index wanted, converting only the wanted frames."""
-    import av
-
-    wanted = set(int(i) for i in np.ravel(indices))
-    last = max(wanted)
-    out: dict[int, np.ndarray] = {}
-    decoded = 0
-    with av.open(path) as container:
-        if not container.streams.video:
-            raise ValueError("no video stream")
-        stream = container.streams.video[0]
-        for i, frame in enumerate(container.decode(stream)):
-            decoded = i + 1
-            if i in wanted:
-                out[i] = resize_frame(frame.to_ndarray(format="rgb24"), size, resize)
-            if i >= last:
-                break
-    return out, decoded
-
-
 @dataclass
 class Sampled:
     n_frames: int
@@ -158,20 +122,17 @@ class Sampled:
 
 def load_video(path: str, num_frames: int, size: int, clips: int = 1, resize: str = "stretch") -> Sampled:
     """A file's whole-video sample (and its K clips' samples), resized. Raises on an unreadable file."""
-    n = count_frames(path)
-    for _ in range(2):  # a container count above the decodable frames: sample again over those actually decoded
-        if n <= 0:
-            raise ValueError("no decodable video frames")
+    from tvts.data.video_io import sample_frames
+
+    def choose(n):
         whole = sample_indices(n, num_frames)
-        windows = clip_indices(n, num_frames, clips) if clips > 1 else None
-        wanted = whole if windows is None else np.concatenate([whole, windows.ravel()])
-        frames, decoded = decode_frames(path, wanted, size, resize)
-        if len(frames) == len(set(wanted.tolist())):
-            take = lambda idx, got=frames: np.stack([got[int(i)] for i in np.ravel(idx)]).reshape(
-                *np.shape(idx), size, size, 3)
-            return Sampled(n, whole, take(whole), windows, None if windows is None else take(windows))
-        n = decoded
-    raise ValueError(f"the frame count changed between two decodes ({n})")
+        return whole if clips <= 1 else np.concatenate([whole, clip_indices(n, num_frames, clips).ravel()])
+
+    n, chosen, frames = sample_frames(path, choose, lambda f: resize_frame(f, size, resize))
+    take = lambda idx: np.stack([frames[int(i)] for i in np.ravel(idx)]).reshape(*np.shape(idx), size, size, 3)
+    whole = chosen[:num_frames]
+    windows = chosen[num_frames:].reshape(clips, num_frames) if clips > 1 else None
+    return Sampled(n, whole, take(whole), windows, None if windows is None else take(windows))
 
 
 # -----------------------------------------------------------------------------------------------------------------

@@ -5,12 +5,15 @@ A file at ``fps`` holds frame ``i`` at pts ``i / fps`` for ``i < ceil(duration *
 """
 from __future__ import annotations
 
+import io
 import os
+from collections.abc import Callable
 
 import av
 import numpy as np
 
-__all__ = ['default_codec', 'file_frame_times', 'encode_mp4', 'decode_mp4', 'CONTAINER_CODECS', 'encode_video']
+__all__ = ['default_codec', 'file_frame_times', 'encode_mp4', 'decode_mp4', 'CONTAINER_CODECS', 'encode_video',
+           'count_frames', 'decode_frames', 'sample_frames']
 
 
 def default_codec() -> str:
@@ -75,3 +78,56 @@ def _encode(path: str, frames: np.ndarray, fps: float, codec: str, crf: int = 12
         for packet in stream.encode():
             container.mux(packet)
     os.replace(tmp, path)  # a crashed run never leaves a truncated file under the final name
+
+
+def _open(source):
+    """A path, or a file's bytes (as datasets store them)."""
+    return av.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source)
+
+
+def count_frames(source) -> int:
+    """Frames of the first video stream of a path or bytes: the container's count, else its packets (demuxed,
+    not decoded)."""
+    with _open(source) as container:
+        if not container.streams.video:
+            raise ValueError("no video stream")
+        stream = container.streams.video[0]
+        if stream.frames > 0:
+            return int(stream.frames)
+        return sum(1 for packet in container.demux(stream) if packet.size)
+
+
+def decode_frames(source, indices, convert: Callable[[np.ndarray], np.ndarray]) -> tuple[dict[int, np.ndarray], int]:
+    """({index: convert(rgb frame)} for the wanted frame `indices`, frames decoded). Decodes from the start up to the
+    last index wanted, converting only the wanted frames."""
+    wanted = {int(i) for i in np.ravel(indices)}
+    last = max(wanted)
+    out: dict[int, np.ndarray] = {}
+    decoded = 0
+    with _open(source) as container:
+        if not container.streams.video:
+            raise ValueError("no video stream")
+        for i, frame in enumerate(container.decode(container.streams.video[0])):
+            decoded = i + 1
+            if i in wanted:
+                out[i] = convert(frame.to_ndarray(format="rgb24"))
+            if i >= last:
+                break
+    return out, decoded
+
+
+def sample_frames(source, choose: Callable[[int], np.ndarray], convert: Callable[[np.ndarray], np.ndarray]
+                  ) -> tuple[int, np.ndarray, dict[int, np.ndarray]]:
+    """(frame count, chosen indices, {index: converted frame}) for the indices `choose(frame count)` picks. A
+    container count above the frames that actually decode is corrected once: the indices are chosen again over
+    the frames decoded. Raises on an unreadable file."""
+    n = count_frames(source)
+    for _ in range(2):
+        if n <= 0:
+            raise ValueError("no decodable video frames")
+        chosen = choose(n)
+        frames, decoded = decode_frames(source, chosen, convert)
+        if len(frames) == len({int(i) for i in np.ravel(chosen)}):
+            return n, chosen, frames
+        n = decoded
+    raise ValueError(f"the frame count changed between two decodes ({n})")

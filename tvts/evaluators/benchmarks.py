@@ -14,7 +14,6 @@ counted: its embedding is NaN, which ranks it last everywhere (a miss as a query
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import re
@@ -98,39 +97,12 @@ def eval_resize(frame: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(image.crop((left, top, left + size, top + size)))
 
 
-def _count_frames(data: bytes) -> int:
-    import av
-
-    with av.open(io.BytesIO(data)) as c:
-        if not c.streams.video:
-            raise ValueError("no video stream")
-        s = c.streams.video[0]
-        if s.frames > 0:
-            return int(s.frames)
-        return sum(1 for p in c.demux(s) if p.size)
-
-
 def load_frames(data: bytes, num_frames: int, size: int) -> np.ndarray:
     """A video file's bytes -> uint8 [num_frames, size, size, 3] at the segment midpoints. Raises when unreadable."""
-    import av
+    from tvts.data.video_io import sample_frames
 
-    n = _count_frames(data)
-    for _ in range(2):  # a container count above the decodable frames: sample again over those decoded
-        if n <= 0:
-            raise ValueError("no decodable video frames")
-        idx = midpoint_indices(n, num_frames)
-        wanted, got, decoded = set(idx.tolist()), {}, 0
-        with av.open(io.BytesIO(data)) as c:
-            for i, frame in enumerate(c.decode(c.streams.video[0])):
-                decoded = i + 1
-                if i in wanted:
-                    got[i] = eval_resize(frame.to_ndarray(format="rgb24"), size)
-                if i >= idx.max():
-                    break
-        if len(got) == len(wanted):
-            return np.stack([got[int(i)] for i in idx])
-        n = decoded
-    raise ValueError(f"the frame count changed between two decodes ({n})")
+    _, idx, frames = sample_frames(data, lambda n: midpoint_indices(n, num_frames), lambda f: eval_resize(f, size))
+    return np.stack([frames[int(i)] for i in idx])
 
 
 # ---------------------------------------------------------------------------------------------------------------
