@@ -554,3 +554,20 @@ def mapping(value: Any) -> Mapping:
     if not isinstance(value, Mapping):
         raise BadSample('malformed annotation', f'expected an object, got {type(value).__name__}')
     return value
+
+
+class ClassSplitsBuilder(VideoBuilder, skip_registration=True):
+    """Base of the action-recognition builders (ucf101, hmdb51): videos with a class label, one builder config per
+    official train/test split. Subclasses set ``CLASSES`` (as the dataset spells them)."""
+
+    CLASSES: tuple[str, ...] = ()
+    BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=f'split{k}', description=f'official train/test split {k}')
+                       for k in (1, 2, 3)]
+    SPLITS = ('train', 'test')
+
+    @property
+    def _split_number(self) -> int:
+        return int(self.builder_config.name[-1])
+
+    def _text_features(self):
+        return {'label': tfds.features.ClassLabel(names=list(self.CLASSES))}

@@ -23,8 +23,6 @@ import re
 import sys
 from collections.abc import Iterator
 
-import tensorflow_datasets as tfds
-
 from tvts.data.builders import common
 from tvts.data.builders.common import ManualDirError, Sample, Skip
 
@@ -43,13 +41,11 @@ _SPLIT_DIRS = ('splits', 'testTrainMulti_7030_splits')
 _FLAGS = {'1': 'train', '2': 'test', '0': None}
 
 
-class Hmdb51(common.VideoBuilder, skip_registration=True):
+class Hmdb51(common.ClassSplitsBuilder, skip_registration=True):
     """HMDB51 action videos with their class; one config per official train/test split."""
 
     name = 'hmdb51'
-    BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=f'split{k}', description=f'official train/test split {k}')
-                       for k in (1, 2, 3)]
-    SPLITS = ('train', 'test')
+    CLASSES = CLASSES
     DESCRIPTION = __doc__
     HOMEPAGE = 'https://serre-lab.clps.brown.edu/resource/hmdb-a-large-human-motion-database/'
     CITATION = ('@inproceedings{kuehne2011hmdb, title={HMDB: A Large Video Database for Human Motion Recognition}, '
@@ -60,13 +56,6 @@ hmdb51 reads a manual directory holding
   videos/<class>/<name>.avi
   splits/<class>_test_split1.txt .. <class>_test_split3.txt     ("<name>.avi <0|1|2>" lines)
 """
-
-    @property
-    def _split_number(self) -> int:
-        return int(self.builder_config.name[-1])
-
-    def _text_features(self):
-        return {'label': tfds.features.ClassLabel(names=CLASSES)}
 
     def _required(self):
         return ('videos/',)

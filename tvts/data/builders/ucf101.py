@@ -20,8 +20,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
-import tensorflow_datasets as tfds
-
 from tvts.data.builders import common
 from tvts.data.builders.common import ManualDirError, Sample, Skip
 
@@ -67,13 +65,11 @@ def read_class_index(path: str) -> dict[str, int]:
     return found
 
 
-class Ucf101(common.VideoBuilder, skip_registration=True):
+class Ucf101(common.ClassSplitsBuilder, skip_registration=True):
     """UCF101 action videos with their class; one config per official train/test split."""
 
     name = 'ucf101'
-    BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=f'split{k}', description=f'official train/test split {k}')
-                       for k in (1, 2, 3)]
-    SPLITS = ('train', 'test')
+    CLASSES = CLASSES
     DESCRIPTION = __doc__
     HOMEPAGE = 'https://www.crcv.ucf.edu/data/UCF101.php'
     CITATION = ('@article{soomro2012ucf101, title={UCF101: A Dataset of 101 Human Actions Classes From Videos in '
@@ -84,13 +80,6 @@ ucf101 reads a manual directory holding
   UCF-101/<Class>/v_<Class>_gXX_cYY.avi
   ucfTrainTestlist/classInd.txt, trainlist01.txt .. trainlist03.txt, testlist01.txt .. testlist03.txt
 """
-
-    @property
-    def _split_number(self) -> int:
-        return int(self.builder_config.name[-1])
-
-    def _text_features(self):
-        return {'label': tfds.features.ClassLabel(names=CLASSES)}
 
     def _required(self):
         k = self._split_number
