@@ -17,6 +17,7 @@ from etils import epath
 from tvts.curriculum import SOURCES
 from tvts.models.inputs import NORMALIZATIONS
 from tvts.models.variants import VARIANT_NAMES, Variant, decode_variant
+from tvts.optim import PUBLISHED_NO_DECAY
 from tvts.sharding import DEFAULT_RULES
 
 DATA_NAMES = ("synthetic", "tfds")  # built-in corpus; prepared TFDS datasets (tvts/data/loader.py)
@@ -108,7 +109,7 @@ def base_config(args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         eps=1e-6,
         eps_placement="transformers",  # eps joins sqrt(v) before the bias correction, as transformers.AdamW
         weight_decay=0.05,
-        no_decay=_published_no_decay(),
+        no_decay=PUBLISHED_NO_DECAY,
     )
     c.grad_accum_steps = 1
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
@@ -121,12 +122,6 @@ def base_config(args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.evals = {}
     c.export_backbone = ""  # a workdir subfolder the backbone is exported to after training ('': none)
     return c
-
-
-def _published_no_decay() -> str:
-    from tvts import optim
-
-    return getattr(optim, "PUBLISHED_NO_DECAY", r"(bias|scale)$")
 
 
 def model_variant(model_cfg: Any) -> Variant:
