@@ -36,11 +36,10 @@ def run_config(workdir) -> ml_collections.ConfigDict:
 
 
 def evaluate(config, workdir, step: int | None = None) -> dict[str, float]:
-    from tvts import config as config_lib
     from tvts.checkpoint import Checkpointer, with_shardings
-    from tvts.evaluators.registry import make_evaluators, reference_labels
+    from tvts.evaluators.registry import make_evaluators, run_final
     from tvts.metric_writer import MetricWriter
-    from tvts.state import make_encoders, make_setup, reference_params
+    from tvts.state import evaluation_encoders, make_setup
 
     workdir = epath.Path(workdir)
     config = run_config(workdir) if config is None else config
@@ -53,14 +52,9 @@ def evaluate(config, workdir, step: int | None = None) -> dict[str, float]:
     ckpt.close()
     is_main = jax.process_index() == 0
     evaluators = make_evaluators(config.evals, config.data, setup.spec, workdir if is_main else None)
-    encoders = make_encoders(setup, state["params"])
-    references = {k: encoders.with_params(p) for k, p in reference_params(setup, state["params"]).items()}
-    metrics: dict[str, float] = {}
-    for ev in evaluators:
-        metrics.update(ev.run(encoders, final=True, references=references))
+    metrics, columns = run_final(evaluators, *evaluation_encoders(setup, state["params"]))
     writer = MetricWriter(workdir, enabled=is_main, tensorboard=False)
-    labels = {k: config_lib.EVAL_REFERENCES[k] for k in config.eval_references}
-    writer.report(metrics, {**labels, **reference_labels(evaluators)})
+    writer.report(metrics, columns)
     writer.write_json(f"eval_{step}.json", metrics)
     writer.close()
     return metrics

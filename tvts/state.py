@@ -172,3 +172,11 @@ REFERENCE_PARAMS = {
 
 def reference_params(setup: Setup, params: Any) -> dict[str, Any]:
     return {name: REFERENCE_PARAMS[name](setup, params) for name in setup.config.eval_references}
+
+
+def evaluation_encoders(setup: Setup, params: Any) -> tuple[ModelEncoders, dict[str, ModelEncoders], dict[str, str]]:
+    """For a final evaluation: the model's encoders, those of `config.eval_references` (one compilation for all)
+    and the references' report labels."""
+    encoders = make_encoders(setup, params)
+    references = {k: encoders.with_params(p) for k, p in reference_params(setup, params).items()}
+    return encoders, references, {k: config_lib.EVAL_REFERENCES[k] for k in references}

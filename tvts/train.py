@@ -25,7 +25,7 @@ from flax import traverse_util
 
 from tvts import config as config_lib
 from tvts import sharding
-from tvts.state import Setup, converted_params, init_state, make_encoders, make_setup, reference_params, run_rngs
+from tvts.state import Setup, converted_params, evaluation_encoders, init_state, make_encoders, make_setup, run_rngs
 
 
 # ----------------------------------------------------------------------------------------------
@@ -83,7 +83,7 @@ def train_and_evaluate(config, workdir) -> dict[str, float]:
     from tvts.checkpoint import Checkpointer, restore_params, with_shardings
     from tvts.data.loader import DataCounters
     from tvts.data.pipeline import Prefetcher, make_sources
-    from tvts.evaluators.registry import check_entries, make_evaluators, reference_labels
+    from tvts.evaluators.registry import check_entries, make_evaluators, run_final
     from tvts.metric_writer import MetricWriter
     from tvts.preemption import PreemptionNotice
 
@@ -203,16 +203,11 @@ def train_and_evaluate(config, workdir) -> dict[str, float]:
         writer.close()
         return {}
 
-    encoders = make_encoders(setup, state["params"])
-    references = {k: encoders.with_params(p) for k, p in reference_params(setup, state["params"]).items()}
-    final = {}
-    for ev in evaluators:
-        final.update(ev.run(encoders, final=True, references=references))
+    final, columns = run_final(evaluators, *evaluation_encoders(setup, state["params"]))
     writer.scalars(config.total_steps, final)
     if is_main:
         writer.plot_history(history)
-        labels = {k: config_lib.EVAL_REFERENCES[k] for k in config.eval_references}
-        writer.report(final, {**labels, **reference_labels(evaluators)})
+        writer.report(final, columns)
         writer.write_json("final_metrics.json", final)
     if config.export_backbone:  # every process takes part (gathers sharded params); process 0 writes
         from tvts.export import describe, export_run

@@ -28,6 +28,16 @@ def make_evaluators(evals_cfg: Any, data_cfg: Any, spec: PreprocessSpec, output_
     return [EVALUATORS[entry.type](name, entry, data_cfg, spec, output_dir) for name, entry in evals_cfg.items()]
 
 
+def run_final(evaluators: list[Evaluator], encoders, references: dict, labels: dict[str, str]
+              ) -> tuple[dict[str, float], dict[str, str]]:
+    """Every evaluator's final figures, with the references beside them; and the report's column labels (the
+    references' and those the evaluators add, e.g. chance)."""
+    metrics: dict[str, float] = {}
+    for ev in evaluators:
+        metrics.update(ev.run(encoders, final=True, references=references))
+    return metrics, {**labels, **reference_labels(evaluators)}
+
+
 def reference_labels(evaluators: list[Evaluator]) -> dict[str, str]:
     out: dict[str, str] = {}
     for ev in evaluators:
