@@ -4,6 +4,16 @@
 The first form converts a released checkpoint into a params-only checkpoint directory (the leaves the source has;
 the run's init supplies the rest) for `python -m tvts.train ... --config.init=DIR`. The second writes a parameter
 directory (a converted one, or a run's `checkpoints/` folder) back as the official TVTSv2 state dict.
+
+TVTS v1 (variants v1-B/16, v1-tiny; docs/convert.md, "TVTS v1"):
+
+   python -m tvts.convert {mae,distilbert,tvts_v1} CHECKPOINT --variant v1-B/16 --out DIR
+   python -m tvts.convert v1_init --mae mae_pretrain_vit_base.pth --distilbert distilbert-base-uncased/ \
+       --variant v1-B/16 --out DIR
+   python -m tvts.convert to_tvts_v1 DIR --out FILE.safetensors
+
+`distilbert` reads a Hugging Face model directory (or its weights file with config.json beside it); `v1_init` writes
+the published v1 init (MAE video tower and DistilBERT text tower) as one directory.
 """
 from __future__ import annotations
 
@@ -17,8 +27,11 @@ import time
 
 from tvts.convert import SOURCES, source_module
 from tvts.models.variants import VARIANT_NAMES, Variant, decode_variant
+from tvts.models.variants_v1 import V1_VARIANT_NAMES
 
 log = logging.getLogger("tvts.convert")
+
+V1_SOURCES = ("mae", "distilbert", "tvts_v1")  # converters of the TVTS v1 family (variants V1_VARIANT_NAMES)
 
 
 def variant_with(name: str, text_num_frozen: int | None) -> Variant:
@@ -73,6 +86,53 @@ def to_tvtsv2_command(args) -> None:
     log.info("wrote %d tensors to %s", len(tensors), args.out)
 
 
+def _save_v1(args, conversion, checkpoint: str, command: str, start: float) -> None:
+    from tvts.checkpoint import save_params
+
+    converted = time.perf_counter()
+    metadata = {
+        "source": args.source, "checkpoint": checkpoint, "variant": conversion.variant.name,
+        "conversion": f"{command} --variant {conversion.variant.name}",
+        "initialised": conversion.initialised, "dropped": conversion.dropped, "resampled": conversion.resampled,
+        "source_dtypes": conversion.source_dtypes,
+    }
+    save_params(args.out, conversion.params, metadata)
+    log.info("wrote %s (convert %.1f s, save %.1f s)", args.out, converted - start, time.perf_counter() - converted)
+
+
+def convert_v1_command(args) -> None:
+    import importlib
+
+    start = time.perf_counter()
+    conversion = importlib.import_module(f"tvts.convert.{args.source}").convert_file(args.checkpoint, args.variant)
+    _save_v1(args, conversion, os.path.abspath(args.checkpoint), f"python -m tvts.convert {args.source}", start)
+
+
+def v1_init_command(args) -> None:
+    from tvts.convert import tvts_v1
+
+    start = time.perf_counter()
+    conversion = tvts_v1.published_init_files(args.mae, args.distilbert, args.variant)
+    _save_v1(args, conversion, f"{os.path.abspath(args.mae)} + {os.path.abspath(args.distilbert)}",
+             "python -m tvts.convert v1_init", start)
+
+
+def to_tvts_v1_command(args) -> None:
+    from tvts.checkpoint import read_meta, read_params
+    from tvts.convert import tvts_v1
+    from tvts.convert.io import write_safetensors
+
+    if not args.out.endswith(".safetensors"):
+        raise SystemExit(f"--out {args.out}: write a .safetensors file")
+    meta = read_meta(args.directory)
+    name = args.variant or meta.get("variant") or _run_variant(args.directory)
+    if not name:
+        raise SystemExit(f"{args.directory} does not say its variant: pass --variant")
+    tensors = tvts_v1.from_params(read_params(args.directory), name, contiguous=False)
+    write_safetensors(args.out, tensors, {"format": "pt", "tvts_variant": name})
+    log.info("wrote %d tensors to %s", len(tensors), args.out)
+
+
 def _run_variant(directory: str) -> str | None:
     """The variant of the run whose `checkpoints/` folder `directory` is (its workdir's config.json), if any."""
     path = os.path.join(os.path.dirname(os.path.abspath(directory)), "config.json")
@@ -106,6 +166,25 @@ def main(argv=None) -> None:
     p.add_argument("--variant", choices=VARIANT_NAMES, default=None,
                    help="default: the directory's metadata, or the run's config.json beside checkpoints/")
     p.set_defaults(run=to_tvtsv2_command)
+    for source in V1_SOURCES:
+        p = sub.add_parser(source, help=f"{source} checkpoint -> TVTS v1 params directory for --config.init")
+        p.add_argument("checkpoint", help="distilbert: a Hugging Face model directory (or its weights file with "
+                                          "config.json beside it); others: .safetensors or .pth (torch)")
+        p.add_argument("--variant", required=True, choices=V1_VARIANT_NAMES)
+        p.add_argument("--out", required=True, help="a new directory")
+        p.set_defaults(run=convert_v1_command, source=source)
+    p = sub.add_parser("v1_init", help="MAE + DistilBERT -> the published TVTS v1 init, one params directory")
+    p.add_argument("--mae", required=True, help="MAE's mae_pretrain_vit_base.pth ({'model': ...}) or .safetensors")
+    p.add_argument("--distilbert", required=True, help="a Hugging Face DistilBERT directory (weights + config.json)")
+    p.add_argument("--variant", required=True, choices=V1_VARIANT_NAMES)
+    p.add_argument("--out", required=True, help="a new directory")
+    p.set_defaults(run=v1_init_command, source="v1_init")
+    p = sub.add_parser("to_tvts_v1", help="TVTS v1 params directory -> the official v1 state dict (.safetensors)")
+    p.add_argument("directory", help="a converted directory, or a v1 run's checkpoints/ folder (its newest step)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--variant", choices=V1_VARIANT_NAMES, default=None,
+                   help="default: the directory's metadata, or the run's config.json beside checkpoints/")
+    p.set_defaults(run=to_tvts_v1_command)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     for noisy in ("absl", "jax._src.xla_bridge"):

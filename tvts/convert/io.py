@@ -8,7 +8,8 @@
   that pickle other objects beside the tensors (the official TVTSv2 trainer saves its `config` object), with an
   unpickler that rebuilds tensors and standard containers only and leaves every other object an inert stub: no
   code from the file runs.
-- A `{'state_dict': ...}` wrapper is unwrapped and a DDP `module.` prefix (on every key) is removed.
+- A `{'state_dict': ...}` wrapper (or MAE's `{'model': ...}`) is unwrapped and a DDP `module.` prefix (on every key)
+  is removed.
 - Floating tensors come back as float32 (fp16 and bf16 are upcast); integer tensors as they are.
 """
 from __future__ import annotations
@@ -230,6 +231,8 @@ def read_torch(path: str) -> StateDict:
                              pickle_module=_stub_pickle_module())
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
+    elif isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
+        obj = obj["model"]  # MAE's checkpoints (`mae_pretrain_vit_base.pth`: {'model': ...})
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path}: holds a {type(obj).__name__}, not a state dict")
     entries = {}

@@ -13,7 +13,17 @@ A rule maps one source tensor to one parameter leaf, or to one layer of a stacke
     batch1    [1, ...] -> [...] (the sort head's type embedding [1, 2, E])
     pos       a position embedding [1 + g*g, D]; resampled (bicubic) when the source grid g differs
 
-Every layout has an exact inverse (`pos` only when the grids agree), which `tvtsv2.from_params` uses.
+TVTS v1's sources (`mae`, `distilbert`, `tvts_v1`) add:
+
+    heads       a separate q, k or v Linear weight [H*Dh, D] -> kernel [D, H, Dh] (DistilBERT's q_lin, k_lin, v_lin)
+    heads_bias  [H*Dh] -> [H, Dh]
+    batch2      [1, 1, ...] -> [...] (the ViT's cls_token [1, 1, D])
+    conv3d      tubelet Conv3d weight [W, C, t, p, p] (with its own bias) -> kernel [t, p, p, C, W]
+    inflate     a 2D patch Conv2d weight [W, C, p, p] -> kernel [t, p, p, C, W], the same 2D kernel in each of the
+                tubelet's t frames, not divided by t (the official v1 init from MAE weights)
+
+Every layout has an exact inverse (`pos` only when the grids agree; `inflate` has none, it only goes one way), which
+`tvtsv2.from_params` and `tvts_v1.from_params` use.
 """
 from __future__ import annotations
 
@@ -31,7 +41,8 @@ from tvts.trees import flatten, path_str, unflatten
 
 log = logging.getLogger("tvts.convert")
 
-LAYOUTS = ("copy", "linear", "qkv", "qkv_bias", "out", "conv", "batch1", "pos")
+LAYOUTS = ("copy", "linear", "qkv", "qkv_bias", "out", "conv", "batch1", "pos",
+           "heads", "heads_bias", "batch2", "conv3d", "inflate")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +69,16 @@ def source_shape(layout: str, shape: tuple[int, ...]) -> tuple[int, ...]:
         return (shape[3], shape[2], shape[0], shape[1])
     if layout == "batch1":
         return (1,) + shape
+    if layout == "heads":  # [D, H, Dh]
+        return (shape[1] * shape[2], shape[0])
+    if layout == "heads_bias":  # [H, Dh]
+        return (math.prod(shape),)
+    if layout == "batch2":
+        return (1, 1) + shape
+    if layout == "conv3d":  # [t, p, p, C, W]
+        return (shape[4], shape[3], shape[0], shape[1], shape[2])
+    if layout == "inflate":  # [t, p, p, C, W] from [W, C, p, p]
+        return (shape[4], shape[3], shape[1], shape[2])
     raise ValueError(f"unknown layout {layout!r}")
 
 
@@ -78,6 +99,14 @@ def to_ours(layout: str, x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         return x.transpose(2, 3, 1, 0)
     if layout == "pos":
         return x if x.shape == shape else resample_pos_embedding(x, shape)
+    if layout == "heads":
+        return x.T.reshape(shape)
+    if layout in ("heads_bias", "batch2"):
+        return x.reshape(shape)
+    if layout == "conv3d":
+        return x.transpose(2, 3, 4, 1, 0)
+    if layout == "inflate":
+        return np.broadcast_to(x.transpose(2, 3, 1, 0)[None], shape)
     raise ValueError(f"unknown layout {layout!r}")
 
 
@@ -98,6 +127,16 @@ def to_torch(layout: str, x: np.ndarray) -> np.ndarray:
         return x.transpose(3, 2, 0, 1)
     if layout == "batch1":
         return x[None]
+    if layout == "heads":
+        return x.reshape(x.shape[0], -1).T
+    if layout == "heads_bias":
+        return x.reshape(-1)
+    if layout == "batch2":
+        return x[None, None]
+    if layout == "conv3d":
+        return x.transpose(4, 3, 0, 1, 2)
+    if layout == "inflate":
+        raise ValueError("the inflated 2D patch kernel has no inverse: it only converts 2D weights into a tubelet")
     raise ValueError(f"unknown layout {layout!r}")
 
 
@@ -129,8 +168,14 @@ def target_shapes(variant: Variant) -> dict[str, tuple[int, ...]]:
     import jax
 
     from tvts.models.tvtsv2 import abstract_params
+    from tvts.models.variants_v1 import V1Variant
 
-    tree = nn.unbox(abstract_params(variant))
+    if isinstance(variant, V1Variant):  # the TVTS v1 model family (tvts.models.tvts_v1)
+        from tvts.models.tvts_v1 import abstract_params as v1_abstract_params
+
+        tree = nn.unbox(v1_abstract_params(variant))
+    else:
+        tree = nn.unbox(abstract_params(variant))
     return {path_str(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
 
 
@@ -203,7 +248,8 @@ def convert(state_dict: Mapping[str, Any], variant: Variant, rules: list[Rule], 
 
     unknown = [k for k in names if k not in by_source and k not in dropped]
     if unknown:
-        raise ValueError(f"{what}{len(unknown)} tensors have no place in TVTSv2 variant {variant.name} (another "
+        family = "TVTS v1" if getattr(variant, "family", None) == "v1" else "TVTSv2"
+        raise ValueError(f"{what}{len(unknown)} tensors have no place in {family} variant {variant.name} (another "
                          f"source or variant?): {', '.join(unknown)}")
     absent_groups = []
     for prefix, description in optional.items():

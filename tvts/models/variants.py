@@ -6,6 +6,8 @@ Published variants follow docs/published_recipe.md; g/14 and G/14 reuse OpenCLIP
 ViT-bigG/14 towers and go beyond the paper. Their sort head reads what the official H/14's does ('patches'): the
 official video tower for OpenCLIP weights (v2/model/video_encoder_ViT_H_14.py) is written for any OpenCLIP ViT config,
 so g/14 and G/14 built the official way would take that path; L/14 (an OpenAI tower) reads what B/32 and B/16 read.
+The TVTS v1 rows ('v1-B/16', 'v1-tiny') have their own dataclass in `tvts.models.variants_v1`; `decode_variant`
+dispatches to them on the 'v1-' prefix.
 """
 from __future__ import annotations
 
@@ -130,7 +132,17 @@ VARIANT_NAMES = tuple(_VARIANTS)
 
 
 def decode_variant(name: str) -> Variant:
+    """A TVTSv2 row; a name starting with 'v1-' returns the TVTS v1 row (`tvts.models.variants_v1.V1Variant`).
+
+    VARIANT_NAMES lists the TVTSv2 rows only (what the TVTSv2 model builds); the v1 names are
+    `tvts.models.variants_v1.V1_VARIANT_NAMES`.
+    """
+    if name.startswith("v1-"):
+        from tvts.models.variants_v1 import decode_v1_variant  # imports this module: a lazy import avoids the cycle
+
+        return decode_v1_variant(name)
     try:
         return _VARIANTS[name]
     except KeyError:
-        raise ValueError(f"unknown variant {name!r}; known variants: {', '.join(VARIANT_NAMES)}") from None
+        raise ValueError(f"unknown variant {name!r}; known variants: {', '.join(VARIANT_NAMES)} "
+                         f"(TVTS v1: names starting with 'v1-')") from None
