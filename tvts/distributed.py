@@ -218,6 +218,23 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   _initialized_with = settings
 
 
+def barrier(name: str, timeout_s: float = 1800.0) -> None:
+  """Waits until every process reaches `name` (unique per call site and occurrence); no-op in one process.
+
+  Goes through the coordination service, not a device collective: on CPU the first collective of a device group
+  sets up a Gloo context whose peers must arrive within 30 s, so processes that compiled a program at different
+  speeds (a compilation-cache hit on one, a miss on the other) must meet here before the program first runs.
+  """
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed as jax_distributed  # the client jax.distributed.initialize() made; no public API
+
+  client = jax_distributed.global_state.client
+  if client is None:
+    raise RuntimeError(f"barrier {name!r}: {jax.process_count()} processes but no jax.distributed client")
+  client.wait_at_barrier(name, timeout_in_ms=int(timeout_s * 1000))
+
+
 def is_main_process() -> bool:
   """True on process 0 (the one that logs, writes summaries and exports)."""
   return jax.process_index() == 0

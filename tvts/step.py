@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from tvts import optim, sharding
+from tvts import distributed, optim, sharding
 from tvts.accumulate import accumulated_grads
 from tvts.curriculum import Phase
 from tvts.models.inputs import random_keep
@@ -74,10 +74,15 @@ def make_train_step(setup: Setup, kind: str) -> Callable:
             programs[phase] = build(phase)
         return programs[phase]
 
+    compiled: dict[Callable, Callable] = {}
+
     def run(state, batch, rng, update: int | None = None):
         program = jitted_for(int(state["step"]) if update is None else update)
         with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
-            return program(state, batch, rng)
+            if program not in compiled:  # compiled ahead, then every process meets before it first runs
+                compiled[program] = program.lower(state, batch, rng).compile()
+                distributed.barrier(f"compiled train_step_{kind} #{len(compiled)}")
+            return compiled[program](state, batch, rng)
 
     run.jitted_for = jitted_for
     return run
