@@ -69,3 +69,14 @@ def finish_launcher(proc, timeout: float, grace: float = 30) -> tuple[int, str, 
             out, err = proc.communicate()
         pytest.fail(f"timed out after {timeout} s\nstdout:\n{out[-3000:]}\nstderr:\n{err[-3000:]}")
     return proc.returncode, out, err
+
+
+def one_device_env(**extra: str) -> dict[str, str]:
+    """This environment for a child process with one CPU device: the suite's other XLA flags and compilation cache
+    (tests/conftest.py) kept."""
+    import os
+
+    from tvts.distributed import set_xla_device_count_flag
+
+    return {**os.environ, "XLA_FLAGS": set_xla_device_count_flag(os.environ.get("XLA_FLAGS", ""), 1),
+            "JAX_PLATFORMS": "cpu", **extra}

@@ -6,7 +6,6 @@ zeros (the synthetic corpus never draws one) gets its loss multiplied by NaN, so
 """
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 
@@ -14,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import REPO, batch_for, one_device_setup, tiny_config
+from helpers import REPO, batch_for, one_device_env, one_device_setup, tiny_config
 
 from tvts import sharding, train
 from tvts.objective import Objective
@@ -139,8 +138,7 @@ train_and_evaluate(tiny_config(**json.loads(sys.argv[2])), sys.argv[1])
 def test_the_loop_logs_skipped_updates_and_stops_at_the_third(tmp_path):
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER.format(tests=str(REPO / "tests")))
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu",
-           "JAX_COMPILATION_CACHE_DIR": str(REPO / ".jax_cache"), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5"}
+    env = one_device_env()
     overrides = {"total_steps": 8, "checkpoint_every": 1, "nonfinite.policy": "skip", "nonfinite.max_skipped": 2}
     workdir = tmp_path / "work"
     proc = subprocess.run([sys.executable, str(driver), str(workdir), json.dumps(overrides), json.dumps([1, 3, 5])],
