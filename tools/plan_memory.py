@@ -36,24 +36,39 @@ reserve and for XLA:TPU's own buffer choices. Progress (setup, lowering, compili
 goes to stderr, the report to stdout.
 
 JSON keys (`--out`): status ('ok' | 'failed'), stage (where it failed), error, settings, params, per_device_bytes,
-memory_analysis, flops, collectives, fits, timing, host, notes.
+memory_analysis, flops, collectives (as SPMD-partitioned: the dtypes a TPU moves), collectives_cpu_compiled (after
+XLA:CPU's passes, which move bfloat16 collectives in float32), roofline (estimated step time and MFU per TPU
+generation), fits, timing, host, notes.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import re
 import resource
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 GiB = 1024**3
 HBM_GIB = {"TPU v5e (16 GiB)": 16, "TPU v4 (32 GiB)": 32, "TPU v5p (95 GiB)": 95}
+# Per chip, from the Cloud TPU system-architecture pages: dense bf16 peak FLOP/s and inter-chip interconnect
+# bandwidth in bytes/s (v4 2,400 Gbps, v5e 1,600 Gbps, v5p 4,800 Gbps, v6e 3,584 Gbps).
+TPU_GENERATIONS = {"TPU v4": (275e12, 2400e9 / 8), "TPU v5e": (197e12, 1600e9 / 8), "TPU v5p": (459e12, 4800e9 / 8),
+                   "TPU v6e": (918e12, 3584e9 / 8)}
+# Bytes a device sends per byte of a collective's result buffer, ring algorithms over a large group: an all-gather
+# receives its result once, an all-reduce is a reduce-scatter plus an all-gather (twice), a reduce-scatter sends
+# the group's partial shards (about group size x its result: charged as an all-reduce of the whole, 2x, since only
+# the result shard is in the HLO), all-to-all and permutes their buffer once.
+COLLECTIVE_TRAFFIC = {"all-gather": 1.0, "all-reduce": 2.0, "reduce-scatter": 2.0, "all-to-all": 1.0,
+                      "collective-permute": 1.0}
 COLLECTIVE_KINDS = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
 DTYPE_BYTES = {"pred": 1, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "s16": 2, "u16": 2,
                "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8,
@@ -150,7 +165,7 @@ def parse_hlo(text: str) -> tuple[dict[str, dict], str | None]:
     for line in text.splitlines():
         h = _HEADER.match(line)
         if h:
-            cur = {"flops": 0.0, "collectives": {}, "calls": []}
+            cur = {"flops": 0.0, "collectives": {}, "calls": [], "constants": []}
             comps[h.group(2)] = cur
             entry = h.group(2) if h.group(1) else entry
             shapes = {}
@@ -189,14 +204,22 @@ def parse_hlo(text: str) -> tuple[dict[str, dict], str | None]:
                 groups = re.search(r"feature_group_count=(\d+)", rest)
                 per_out = math.prod(rhs) / rhs[lm.group(1).index("o")]
                 cur["flops"] += 2.0 * math.prod(dims) * per_out / (int(groups.group(1)) if groups else 1) * 1.0
+        if op == "constant" and type_text == "s32[]":
+            cur["constants"].append(int(re.match(r"\s*(-?\d+)", rest).group(1)))
         trip = _TRIP.search(rest)
-        for kind, callee in _CALLS.findall(rest):
+        calls = dict(_CALLS.findall(rest))
+        for kind, callee in calls.items():
             if kind == "body":
-                cur["calls"].append((callee, int(trip.group(1)) if trip else 1))
+                # before XLA's loop analysis (a module as partitioned) a scan's count is the bound its condition
+                # compares the counter with; resolved once every computation is read
+                cur["calls"].append((callee, int(trip.group(1)) if trip else ("condition", calls.get("condition"))))
             elif kind in ("calls", "condition"):
                 cur["calls"].append((callee, 1))
         for _, callees in _CALL_LISTS.findall(rest):
             cur["calls"] += [(c.strip().lstrip("%"), 1) for c in callees.split(",") if c.strip()]
+    for comp in comps.values():
+        comp["calls"] = [(callee, times if isinstance(times, int) else
+                          max(comps.get(times[1], {}).get("constants") or [1])) for callee, times in comp["calls"]]
     return comps, entry
 
 
@@ -239,6 +262,45 @@ def hlo_summary(text: str) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 # The plan
 # ----------------------------------------------------------------------------------------------
+def roofline(flops: dict[str, float], collectives: dict[str, dict]) -> dict[str, dict]:
+    """Estimated step time and model FLOPs utilisation per TPU generation, bounded by full and by no overlap of
+    compute and collectives (see the note in `plan`)."""
+    traffic = sum(COLLECTIVE_TRAFFIC[k] * c["executed_bytes"] for k, c in collectives.items())
+    out = {}
+    for name, (peak, ici) in TPU_GENERATIONS.items():
+        compute, comm = flops["hlo_flops_per_device"] / peak, traffic / ici
+        overlapped, serial = max(compute, comm), compute + comm
+        out[name] = {"compute_s": compute, "collectives_s": comm, "step_s_overlapped": overlapped,
+                     "step_s_serial": serial, "mfu_overlapped": flops["model_flops_per_device"] / peak / overlapped,
+                     "mfu_serial": flops["model_flops_per_device"] / peak / serial}
+    return out
+
+
+def partitioned_dump_options(directory: str) -> dict[str, Any]:
+    """Compiler options that write the step's module as the SPMD partitioner left it, before XLA:CPU's own passes
+    (which upcast bfloat16 collectives to float32: a TPU moves them in bfloat16)."""
+    return {"xla_dump_to": directory, "xla_dump_hlo_pass_re": "spmd-partitioning",
+            "xla_dump_hlo_module_re": ".*train_step.*"}
+
+
+@contextlib.contextmanager
+def uncached():
+    """No persistent compilation cache: a program loaded from it skips the partitioner, whose output we read."""
+    import jax
+
+    before = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_compilation_cache", before)
+
+
+def read_partitioned(directory: str) -> str | None:
+    found = sorted(Path(directory).glob("*train_step*after_spmd-partitioning*.txt"))
+    return found[-1].read_text() if found else None
+
+
 def parse_mesh(text: str) -> dict[str, int]:
     out = {}
     for item in filter(None, text.split(",")):
@@ -401,8 +463,9 @@ def plan(config, source: str = "transcribed", log: Callable[[str], None] = print
                 lowered = step.jitted_for(setup.curriculum.total_updates - 1).lower(state, batch, rng)
             result["timing"]["lower_s"] = round(tk.seconds, 2)
             result["stage"] = "compile"
-            with Ticker("compiling", log) as tk:
-                compiled = lowered.compile(compiler_options or {})
+            with Ticker("compiling", log) as tk, tempfile.TemporaryDirectory() as dump, uncached():
+                compiled = lowered.compile({**(compiler_options or {}), **partitioned_dump_options(dump)})
+                partitioned = read_partitioned(dump)
             result["timing"]["compile_s"] = round(tk.seconds, 2)
         result["host"]["peak_rss_after_compile_bytes"] = peak_rss_bytes()
     except Exception as e:  # noqa: BLE001
@@ -427,7 +490,16 @@ def plan(config, source: str = "transcribed", log: Callable[[str], None] = print
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     text = compiled.as_text()
     summary = hlo_summary(text)
-    result["collectives"] = summary["collectives"]
+    result["collectives_cpu_compiled"] = summary["collectives"]
+    if partitioned is not None:
+        result["collectives"] = hlo_summary(partitioned)["collectives"]
+        result["notes"].append("collectives as SPMD-partitioned (dtypes as a TPU compiles them); "
+                               "collectives_cpu_compiled: after XLA:CPU's passes, which move bfloat16 collectives "
+                               "in float32")
+    else:  # the executable came from a compilation cache: no partitioning pass ran
+        result["collectives"] = summary["collectives"]
+        result["notes"].append("collectives from the XLA:CPU program (bfloat16 collectives appear as float32): the "
+                               "compiled program came from a cache, so its partitioned module was not seen")
     n_dev = jax.device_count()
     analytic = flops.step_flops(config, source)
     result["flops"] = {
@@ -440,6 +512,11 @@ def plan(config, source: str = "transcribed", log: Callable[[str], None] = print
         "crude_6NT_global": 6.0 * n_trained * batch_size * (shape.video_tokens + num_texts * text_len),
         "while_trip_counts": summary["while_trip_counts"],
     }
+    result["roofline"] = roofline(result["flops"], result["collectives"])
+    result["notes"].append("roofline: compute = executed HLO FLOPs per device / peak; collectives = executed bytes x "
+                           "traffic factor / ICI bandwidth; the step takes max(compute, collectives) if XLA overlaps "
+                           "them fully, their sum if not; XLA:CPU has no reduce-scatter, so gradient all-reduces "
+                           "(2x traffic) stand in for TPU's reduce-scatters")
     result["notes"].append("temp/argument/output from XLA:CPU buffer assignment of the per-device SPMD program: "
                            "an estimate of TPU memory, not a TPU measurement")
     result["notes"].append("xla_cost_analysis counts each while-loop body once; hlo_flops applies the trip counts")
@@ -508,6 +585,12 @@ def format_report(r: dict[str, Any]) -> str:
         for k, c in r["collectives"].items():
             lines.append(f"  {k:<20}{c['count']:>8}{_b(c['bytes']):>14}{c['executed_count']:>10}"
                          f"{_b(c['executed_bytes']):>14}")
+    if r.get("roofline"):
+        lines.append("roofline per step (compute | collectives -> step with full / no overlap, MFU):")
+        for name, e in r["roofline"].items():
+            lines.append(f"  {name:<8} {1e3 * e['compute_s']:8.1f} ms | {1e3 * e['collectives_s']:8.1f} ms -> "
+                         f"{1e3 * e['step_s_overlapped']:8.1f} / {1e3 * e['step_s_serial']:8.1f} ms, MFU "
+                         f"{e['mfu_overlapped']:.0%} / {e['mfu_serial']:.0%}")
     t, h = r["timing"], r["host"]
     lines.append(f"time: setup {t.get('setup_s', '-')}s, lower {t.get('lower_s', '-')}s, compile "
                  f"{t.get('compile_s', '-')}s; host peak RSS {h.get('peak_rss_bytes', 0) / GiB:.2f} GiB")
