@@ -46,3 +46,21 @@ def test_reexec_once_under_mimalloc_with_the_same_pid_and_arguments(tmp_path):
 def test_opt_out_keeps_the_system_allocator(tmp_path):
     lines = run_program(tmp_path, {allocator.OPT_OUT: "system"})
     assert [(l[0], l[2]) for l in lines] == [("run", "False"), ("main", "False")]
+
+
+@pytest.mark.parametrize("env, devices, expected", [
+    ({}, (), True),                                            # a CPU host
+    ({"JAX_PLATFORMS": "cpu"}, ("/dev/accel*",), True),        # CPU asked for on a TPU host
+    ({"JAX_PLATFORMS": "tpu,cpu"}, (), False),
+    ({"JAX_PLATFORMS": "cuda"}, (), False),
+    ({"TPU_WORKER_ID": "3"}, (), False),                       # a TPU VM worker
+    ({}, ("{dev}",), False),                                   # accelerator device files present
+    ({"TPU_WORKER_ID": "3", allocator.OPT_OUT: "mimalloc"}, (), True),  # opted in on an accelerator host
+    ({allocator.OPT_OUT: "system"}, (), False),                # opted out on a CPU host
+])
+def test_mimalloc_only_where_it_was_measured_unless_opted_in(tmp_path, env, devices, expected):
+    (tmp_path / "accel0").touch()
+    globs = tuple(g.replace("{dev}", str(tmp_path / "accel*")) for g in devices)
+    if "/dev/accel*" in globs:  # stand-in for a TPU host's device file
+        globs = (str(tmp_path / "accel*"),)
+    assert allocator.wanted(env, globs) is expected
