@@ -155,3 +155,10 @@ def test_restore_onto_a_different_mesh(tmp_path):
     assert got_def == want_def
     for a, b in zip(got_leaves, want_leaves):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_mesh_axis_that_does_not_divide_a_parameter_is_an_error_naming_both():
+    # tiny's text tower has 4 heads and its mlp 256 units: tensor=8 divides the mlp, not the heads
+    with pytest.raises(ValueError, match=r"parameter (sort_head|text)/[\w/]+/kernel: dimension \d \(size 4\) is "
+                                         r"sharded over mesh axes tensor = 8, which does not divide it"):
+        setup_on(tiny_config(), {"tensor": 8})

@@ -59,14 +59,18 @@ def make_mesh(axes: Mapping[str, int], devices: Sequence[jax.Device] | None = No
                          devices=devices)
 
 
-def _fit_to_shape(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
-    """Drop mesh axes from dimensions they do not divide (those dimensions stay replicated)."""
-    fitted = []
-    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+def check_divisible(spec: P, shape: tuple[int, ...], mesh: Mesh, name: str) -> P:
+    """`spec` if its mesh axes divide the dimensions they shard, else an error naming the parameter and the axis
+    (a silent fallback to replication would cost memory the plan did not show)."""
+    for dim, (size, axes) in enumerate(zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)))):
         names = () if axes is None else (axes if isinstance(axes, tuple) else (axes,))
-        size = math.prod(mesh.shape[a] for a in names)
-        fitted.append(axes if size and dim % size == 0 else None)
-    return P(*fitted)
+        ways = math.prod(mesh.shape[a] for a in names)
+        if size % ways:
+            raise ValueError(f"parameter {name}: dimension {dim} (size {size}) is sharded over mesh axes "
+                             f"{'x'.join(names)} = {ways}, which does not divide it; choose a mesh whose "
+                             f"{'/'.join(names)} size divides {size}, or a sharding rule that leaves this axis "
+                             f"unsharded")
+    return spec
 
 
 def param_shardings(boxed_abstract: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]]) -> Any:
@@ -74,11 +78,13 @@ def param_shardings(boxed_abstract: Any, mesh: Mesh, rules: Sequence[tuple[str, 
     logical_specs = nn.get_partition_spec(boxed_abstract)
     values = nn.unbox(boxed_abstract)
 
-    def to_sharding(spec, value):
+    def to_sharding(path, spec, value):
         mesh_spec = nn.logical_to_mesh_axes(spec, rules) if spec is not None else P()
-        return NamedSharding(mesh, _fit_to_shape(mesh_spec, value.shape, mesh))
+        return NamedSharding(mesh, check_divisible(mesh_spec, value.shape, mesh,
+                                                     "/".join(str(getattr(k, "key", k)) for k in path)))
 
-    return jax.tree.map(to_sharding, logical_specs, values, is_leaf=lambda x: isinstance(x, P) or x is None)
+    return jax.tree_util.tree_map_with_path(to_sharding, logical_specs, values,
+                                            is_leaf=lambda x: isinstance(x, P) or x is None)
 
 
 def state_shardings(abstract_state: Any, params_sharding: Any, mesh: Mesh) -> Any:
