@@ -53,3 +53,30 @@ def test_step_shape_of_the_demo(source, batch, texts, length):
     assert shape.video_tokens == 1 + 12 * 8
     assert flops.step_flops(config, source) == flops.analytic_flops(
         model_variant(config.model), batch, 12, 8, texts, length, config.model.remat)
+
+
+def test_masking_shrinks_the_lowered_steps_flops_as_the_analytic_count_says(ratio=0.75):
+    """XLA's count of the trainer's own step program (lowered, not compiled) falls with the tube mask as the analytic
+    model FLOPs do: the kept patches are gathered before the blocks, so compute follows the kept tokens."""
+    import jax
+    from helpers import one_device_setup, tiny_config
+
+    from tvts.checkpoint import with_shardings
+    from tvts.data.pipeline import text_length
+    from tvts.step import make_train_step
+
+    def lowered_flops(mask):
+        config = tiny_config(**{"model.mask_ratio": mask})
+        setup = one_device_setup(config)
+        state = with_shardings(setup.abstract_state, setup.state_sharding)
+        b, t, s = config.data.transcribed_batch, config.model.num_frames, setup.spec.image_size
+        batch = {"video": jax.ShapeDtypeStruct((b, t, s, s, 3), "uint8"),
+                 "texts": jax.ShapeDtypeStruct((b, 4, text_length(config.data, "transcribed")), "int32")}
+        program = make_train_step(setup, "transcribed").jitted_for(setup.curriculum.total_updates - 1)
+        with jax.set_mesh(setup.mesh):
+            lowered = program.lower(state, batch, jax.eval_shape(lambda: jax.random.key(0)))
+        return lowered.cost_analysis()["flops"], flops.step_flops(config, "transcribed")["model_flops"]
+
+    (xla_0, model_0), (xla_r, model_r) = lowered_flops(0.0), lowered_flops(ratio)
+    assert xla_r / xla_0 == pytest.approx(model_r / model_0, abs=0.06)
+    assert model_r / model_0 < 1 - ratio / 2  # the video tower dominates tiny's step

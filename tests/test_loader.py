@@ -369,6 +369,12 @@ def test_the_trainer_reads_files_logs_the_counts_and_resumes_them(tfds_dir, tmp_
     assert rows[-1]['data/transcribed/read'] > 32 and sum(
         rows[-1][f'data/transcribed/skipped/{r}'] for r in L.SKIP_REASONS) == rows[-1]['data/transcribed/read'] - 32
     assert [r['data/captioned/read'] for r in rows] == [8, 16, 24, 32]
+    # model FLOPs utilisation: the analytic FLOPs of an iteration's two updates over its time, against the ceiling
+    from tvts.flops import peak_flops, step_flops
+    per_iteration = sum(step_flops(config, kind)['model_flops'] for kind in ('transcribed', 'captioned'))
+    for r in rows:
+        assert 0 < r['mfu'] < 1
+        assert r['mfu'] == pytest.approx(per_iteration / r['step_time'] / peak_flops()[0], rel=1e-6)
 
     (resumed / 'checkpoints').mkdir(parents=True)
     shutil.copytree(straight / 'checkpoints' / '2', resumed / 'checkpoints' / '2')

@@ -6,7 +6,6 @@ Each run is a subprocess (one CPU device, the repo's persistent compilation cach
 for TOTAL iterations. The moments of the signals are drawn from a seeded RNG, so a failure reproduces.
 """
 import json
-import os
 import random
 import signal
 import subprocess
@@ -16,12 +15,12 @@ from pathlib import Path
 
 import orbax.checkpoint as ocp
 import pytest
-from helpers import REPO
+from helpers import REPO, one_device_env
 
 pytestmark = pytest.mark.slow
 
 TOTAL = 10  # iterations of every run here (the same curriculum and schedule for all, so losses compare)
-TIMING_KEYS = ("clips_per_sec", "step_time")
+TIMING_KEYS = ("clips_per_sec", "step_time", "mfu")
 TMP_MARK = ".orbax-checkpoint-tmp"
 
 DRIVER = """
@@ -34,11 +33,7 @@ train_and_evaluate(tiny_config(**json.loads(sys.argv[2])), sys.argv[1])
 
 
 def subprocess_env() -> dict:
-    env = dict(os.environ)
-    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu",
-               JAX_COMPILATION_CACHE_DIR=str(REPO / ".jax_cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5",
-               PYTHONUNBUFFERED="1")
-    return env
+    return one_device_env(PYTHONUNBUFFERED="1")
 
 
 class Run:

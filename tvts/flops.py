@@ -13,6 +13,8 @@ against the dot and convolution FLOPs of the compiled step.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import time
 from typing import Any
 
 from tvts import config as config_lib
@@ -81,3 +83,39 @@ def step_flops(config: Any, source: str) -> dict[str, float]:
     shape = step_shape(config, source)
     return analytic_flops(config_lib.model_variant(config.model), shape.batch, shape.frames, shape.kept_patches,
                           shape.num_texts, shape.text_length, config.model.remat)
+
+
+# Dense bf16 peak per chip by `device_kind` (Cloud TPU documentation: v4 275, v5e 197, v5p 459, v6e 918 TFLOP/s).
+TPU_PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5": 459e12, "TPU v5p": 459e12,
+                  "TPU v6 lite": 918e12, "TPU v6e": 918e12}
+
+
+def matmul_ceiling(n: int = 2048, repeats: int = 3) -> float:
+    """FLOP/s of the best of `repeats` float32 [n, n] x [n, n] products on the default device: on CPU the machine's
+    ceiling (XLA:CPU runs one product on all cores), the peak that CPU model FLOPs utilisation is quoted against."""
+    import jax
+    import jax.numpy as jnp
+
+    a, b = (jax.random.normal(k, (n, n), jnp.float32) for k in jax.random.split(jax.random.key(0)))
+    product = jax.jit(jnp.matmul)
+    product(a, b).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        product(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+@functools.cache
+def peak_flops() -> tuple[float, str]:
+    """(FLOP/s of all devices together, where the figure comes from): a TPU's published per-chip peak times the
+    device count, or this machine's measured float32 matmul ceiling on CPU (measured once per process)."""
+    import jax
+
+    kind = jax.devices()[0].device_kind
+    if kind in TPU_PEAK_FLOPS:
+        return TPU_PEAK_FLOPS[kind] * jax.device_count(), f"{jax.device_count()} x {kind} bf16 peak"
+    if jax.default_backend() == "cpu":
+        return matmul_ceiling(), "measured float32 matmul ceiling"
+    return float("nan"), f"no peak known for {kind}"

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 from etils import epath
 
-SUMMARY_KEYS = ("loss", "contrastive_loss", "sort_loss", "sort_accuracy", "clips_per_sec")
+SUMMARY_KEYS = ("loss", "contrastive_loss", "sort_loss", "sort_accuracy", "clips_per_sec", "mfu")
 
 
 class _EpathRecordFiles:

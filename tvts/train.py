@@ -84,6 +84,7 @@ def train_and_evaluate(config, workdir) -> dict[str, float]:
     from tvts.data.loader import DataCounters
     from tvts.data.pipeline import Prefetcher, make_sources
     from tvts.evaluators.registry import check_entries, make_evaluators, run_final
+    from tvts.flops import peak_flops, step_flops
     from tvts.metric_writer import MetricWriter
     from tvts.preemption import PreemptionNotice
 
@@ -144,7 +145,11 @@ def train_and_evaluate(config, workdir) -> dict[str, float]:
     history: dict[str, list] = {}
     bar = tqdm(total=config.total_steps, initial=start_iteration, disable=not is_main, desc="train",
                dynamic_ncols=True)
-    last_log, clips_since_log, iterations_since_log = time.perf_counter(), 0, 0
+    # model FLOPs utilisation (tvts/flops.py): the analytic FLOPs of the updates since the last log over their time
+    update_flops = {kind: step_flops(config, kind)["model_flops"] for kind in sources}
+    peak, peak_name = peak_flops()
+    writer.text(f"model FLOPs utilisation against {peak / 1e9:,.0f} GFLOP/s ({peak_name})")
+    last_log, clips_since_log, iterations_since_log, flops_since_log = time.perf_counter(), 0, 0, 0.0
     preempted_at = None
     try:
         for iteration, local in batches:
@@ -157,6 +162,7 @@ def train_and_evaluate(config, workdir) -> dict[str, float]:
                                        update=first + position)
                 metrics.update({f"{kind}/{k}": v for k, v in m.items()})
                 clips_since_log += config.data[f"{kind}_batch"]
+                flops_since_log += update_flops[kind]
             done = iteration + 1
             iterations_since_log += 1
             bar.update(1)
@@ -171,9 +177,10 @@ def train_and_evaluate(config, workdir) -> dict[str, float]:
                 scalars.update(setup.learning_rates(int(state["step"])))
                 scalars["clips_per_sec"] = clips_since_log / elapsed
                 scalars["step_time"] = elapsed / iterations_since_log
+                scalars["mfu"] = flops_since_log / elapsed / peak
                 scalars["nonfinite_skipped"] = skipped
                 scalars.update(data_counters.scalars(done))  # data/<source>/skipped/<reason>, cumulative
-                last_log, clips_since_log, iterations_since_log = time.perf_counter(), 0, 0
+                last_log, clips_since_log, iterations_since_log, flops_since_log = time.perf_counter(), 0, 0, 0.0
                 writer.scalars(done, scalars)
                 for k, v in scalars.items():
                     history.setdefault(k, []).append((done, v))
