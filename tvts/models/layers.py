@@ -53,6 +53,14 @@ class LayerNorm(nn.Module):
         return y.astype(self.dtype)
 
 
+def shard_activation(x: jax.Array, last: str) -> jax.Array:
+    """[batch, ..., `last`] (or [batch, ..., heads, kv] for last='heads') laid out by the config's rules: with a
+    `tensor` mesh axis > 1 the mlp units and the heads are split over it, as the kernels that make them are, so
+    tensor parallelism divides these activations' memory instead of gathering them whole on every device."""
+    axes = ("heads", "kv") if last == "heads" else (last,)
+    return nn.with_logical_constraint(x, ("batch",) + ("length",) * (x.ndim - 1 - len(axes)) + axes)
+
+
 class Mlp(nn.Module):
     hidden: int
     act: str
@@ -63,7 +71,7 @@ class Mlp(nn.Module):
         width = x.shape[-1]
         x = nn.Dense(self.hidden, dtype=self.dtype, kernel_init=logical(default_kernel_init, ("embed", "mlp")),
                      bias_init=logical(nn.initializers.zeros, ("mlp",)), name="fc")(x)
-        x = ACTIVATIONS[self.act](x)
+        x = shard_activation(ACTIVATIONS[self.act](x), "mlp")
         return nn.Dense(width, dtype=self.dtype, kernel_init=logical(default_kernel_init, ("mlp", "embed")),
                         bias_init=logical(nn.initializers.zeros, ("embed",)), name="proj")(x)
 
@@ -113,7 +121,7 @@ def qkv_projection(x: jax.Array, heads: int, dtype: Dtype, name: str = "qkv") ->
         raise ValueError(f"width {width} is not divisible by {heads} heads")
     qkv = Projection("...d,dthk->...thk", (width, 3, heads, width // heads), ("embed", None, "heads", "kv"),
                      dtype=dtype, name=name)(x)
-    return qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
+    return tuple(shard_activation(qkv[..., i, :, :], "heads") for i in range(3))
 
 
 def out_projection(x: jax.Array, dtype: Dtype, name: str = "out") -> jax.Array:
