@@ -30,6 +30,8 @@ setup(
         "ftfy>=6.1",
         "regex>=2023.0",
         "flatbuffers>=24",  # jax.export serialisation (tvts.export, tvts.backbone)
+        "tokenizers>=0.15",  # WordPiece for TVTS v1's DistilBERT text tower (tvts/data/wordpiece.py)
+        "faiss-cpu>=1.8,<2",  # k-means of the PQ / OPQ baselines (tvts/codes)
         # mimalloc for XLA:CPU's per-step temporaries (tvts/allocator.py); Linux wheels only
         "cmeel-mimalloc>=3.0,<4; platform_system == 'Linux'",
     ],
