@@ -1,7 +1,7 @@
 """Model FLOPs utilisation of the train step and of feature extraction, against this machine's measured ceiling.
 
     python -m tools.bench step    [--variant B/16] [--frames 12] [--mask 0.5] [--batch 2] [--dtype float32]
-                                  [--mesh data=-1] [--source transcribed] [--remat full]
+                                  [--mesh data=-1] [--source transcribed] [--remat full] [--context_length N]
     python -m tools.bench extract [--variant B/16] [--frames 12] [--batch 2] [--dtype float32]
     python -m tools.bench masks   [--variant B/16] [--ratios 0,0.5,0.7,0.9] ...
         common: [--steps 2] [--warmup 1] [--rounds 3] [--peak cpu|TPU_v4|TPU_v5e|TPU_v5p|TPU_v6e] [--out F.json]
@@ -56,8 +56,11 @@ class StepCase:
 
     def __init__(self, args, mask: float):
         overrides = {"model.mask_ratio": mask, "model.num_frames": args.frames, "model.dtype": args.dtype,
-                     "model.remat": args.remat, f"data.{args.source}_batch": args.batch,
-                     "data.context_length": args.context_length, **mesh_overrides(args.mesh)}
+                     f"data.{args.source}_batch": args.batch, **mesh_overrides(args.mesh)}
+        if args.context_length:
+            overrides["data.context_length"] = args.context_length
+        if args.remat:
+            overrides["model.remat"] = args.remat
         self.config = make_config(args.variant, overrides)
         config_lib.validate(self.config, jax.device_count(), jax.process_count())
         setup = make_setup(self.config)
@@ -168,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--mesh", default="data=-1", help="e.g. data=-1 or data=2,fsdp=4")
     parser.add_argument("--source", default="transcribed", choices=("transcribed", "captioned"))
-    parser.add_argument("--remat", default="full")
-    parser.add_argument("--context_length", type=int, default=77)
+    parser.add_argument("--remat", default="", help="'': the recipe's (full for published variants)")
+    parser.add_argument("--context_length", type=int, default=0, help="0: the recipe's")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3)
