@@ -9,8 +9,9 @@
 The artefact (docs/backbone.md) is a directory with `backbone.json` (variant, spec, dtypes, the functions' files and
 signatures), `params.safetensors` (the video and text towers' parameters, '/'-joined names) and one serialized
 `jax.export` program (StableHLO) per function. The programs take the parameters as their first argument, so this
-module needs neither Flax nor the model code: it imports jax, numpy and, for strings only, the CLIP tokenizer
-(tvts.data.tokenizer, pure Python). The safetensors file is read and written here with numpy (the format is a
+module needs neither Flax nor the model code: it imports jax, numpy and, for strings only, the spec's tokenizer
+(tvts.data.tokenizer: CLIP's BPE, pure Python; or, for a TVTS v1 backbone, WordPiece from the `tokenizers` library
+with the backbone's own vocab.txt). The safetensors file is read and written here with numpy (the format is a
 length, a JSON header and raw little-endian bytes), so the `safetensors` package is not needed either.
 
 `Backbone` implements the evaluators' `Encoders` protocol (tvts/encoders.py): encode_video, video_tokens and
@@ -186,11 +187,14 @@ class Backbone:
         return self._run("video", "video", frames, (self.embed_dim,))
 
     def video_tokens(self, frames: np.ndarray) -> np.ndarray:
-        """uint8 [B, T, H, W, 3] -> every projected token float32 [B, 1 + T*N, E], CLS first (N patches per frame)."""
+        """uint8 [B, T, H, W, 3] -> every projected token float32 [B, 1 + T*N, E], CLS first (N patches per frame);
+        a TVTS v1 backbone: [B, 1 + tubes*N, E] (tubes = T / tubelet_size, at least 1)."""
         s = self.spec
         frames = self._frames(frames, (s.num_frames, s.image_size, s.image_size, 3), "video_tokens")
-        n = (s.image_size // self.variant["video"]["patch_size"]) ** 2
-        return self._run("video_tokens", "video", frames, (1 + s.num_frames * n, self.embed_dim))
+        video = self.variant["video"]
+        n = (s.image_size // video["patch_size"]) ** 2
+        groups = max(s.num_frames // video.get("tubelet_size", 1), 1)  # frames (TVTSv2) or tubes (TVTS v1)
+        return self._run("video_tokens", "video", frames, (1 + groups * n, self.embed_dim))
 
     def encode_frames(self, frames: np.ndarray) -> np.ndarray:
         """uint8 [B, H, W, 3] -> float32 [B, E]: each frame encoded alone, as a one-frame clip (temporal embedding
@@ -201,18 +205,18 @@ class Backbone:
 
     # -- text ----------------------------------------------------------------------------------------------------
     def tokenize(self, texts: str | Sequence[str]) -> np.ndarray:
-        """Strings -> int32 [B, context_length] with the spec's tokenizer (CLIP BPE)."""
+        """Strings -> int32 [B, context_length] with the spec's tokenizer (CLIP BPE, or WordPiece with the
+        backbone's vocab.txt)."""
         if self._tokenizer is None:
-            if self.spec.tokenizer != "clip_bpe":
-                raise ValueError(f"unknown tokenizer {self.spec.tokenizer!r}")
-            from tvts.data.tokenizer import get_tokenizer
+            from tvts.data.tokenizer import tokenizer_for_spec
 
-            self._tokenizer = get_tokenizer(self.spec.context_length)
+            self._tokenizer = tokenizer_for_spec(self.spec, self.directory)
         return self._tokenizer([texts] if isinstance(texts, str) else list(texts))
 
     def encode_tokens(self, tokens: np.ndarray) -> np.ndarray:
         """int [B, L] token ids (L <= context_length; shorter rows are zero-padded, which leaves the causal text
-        tower's output unchanged) -> float32 [B, E]: the projected EOT token, not normalised."""
+        tower's output unchanged, and TVTS v1's DistilBERT masks id 0, [PAD]) -> float32 [B, E]: the projected EOT
+        token (TVTS v1: the projected first token), not normalised."""
         tokens = np.asarray(tokens)
         if not np.issubdtype(tokens.dtype, np.integer):
             raise TypeError(f"encode_tokens: token ids must be integers, got {tokens.dtype}")

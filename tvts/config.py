@@ -16,12 +16,13 @@ from etils import epath
 
 from tvts.curriculum import SOURCES
 from tvts.models.inputs import NORMALIZATIONS
-from tvts.models.variants import VARIANT_NAMES, Variant, decode_variant
+from tvts.models.variants import ALL_VARIANT_NAMES, V1Variant, Variant, decode_variant, is_v1
 from tvts.optim import PUBLISHED_NO_DECAY
 from tvts.sharding import DEFAULT_RULES
 
 DATA_NAMES = ("synthetic", "tfds")  # built-in corpus; prepared TFDS datasets (tvts/data/loader.py)
 NONFINITE_POLICIES = ("stop", "skip")
+TOKENIZERS = ("clip_bpe", "wordpiece")  # CLIP's BPE (TVTSv2's text towers), BERT's WordPiece (TVTS v1's DistilBERT)
 # Parameter sets the trainer can report beside the trained model in its final evaluation, with their labels.
 EVAL_REFERENCES = {"no_time_attn": "time attn off", "init": "random init"}
 
@@ -68,7 +69,9 @@ def base_config(args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         temporal_init_std=-1.0,  # -1: width**-0.5 as published; 0: zeros
         sort_type_init_std=0.0,  # the sort head's type embedding: zeros as published
         text_num_frozen=-1,  # -1: the variant's (9 of 12 for B, 18 of 24 for H)
-        mask_ratio=-1.0,  # -1: the variant's published ratio
+        mask_ratio=-1.0,  # -1: the variant's published ratio (of transcribed videos)
+        # of captioned videos; -1: the variant's published one (TVTSv2: mask_ratio, as published; TVTS v1: 0)
+        captioned_mask_ratio=-1.0,
         num_frames=12,
     )
     c.data = dict(
@@ -78,6 +81,11 @@ def base_config(args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         transcribed_batch=24 * 8,  # global batch per source
         captioned_batch=24 * 8,
         context_length=77,
+        # the text tower's: 'clip_bpe' for TVTSv2, 'wordpiece' for TVTS v1 (tvts.data.tokenizer.text_tokenizer)
+        tokenizer="clip_bpe",
+        # WordPiece only: the vocab.txt of the text tower (e.g. distilbert-base-uncased's); '' with data='synthetic':
+        # a vocabulary of the synthetic corpus's words, built on first use (tvts.data.synthetic.wordpiece_vocab_path)
+        vocab_path="",
         transcript_length=-1,  # tokens per transcript (-1: context_length)
         normalization="imagenet",  # or 'clip' (tvts.models.inputs.NORMALIZATIONS)
         # fields of tvts.data.synthetic.SyntheticConfig (the corpus of data='synthetic')
@@ -124,13 +132,18 @@ def base_config(args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return c
 
 
-def model_variant(model_cfg: Any) -> Variant:
-    """The variant named by `config.model`, with the config's overrides applied (a new frozen value)."""
-    if model_cfg.variant not in VARIANT_NAMES:
+def model_variant(model_cfg: Any) -> Variant | V1Variant:
+    """The variant named by `config.model` (TVTSv2 or TVTS v1), with the config's overrides applied (a new frozen
+    value)."""
+    if model_cfg.variant not in ALL_VARIANT_NAMES:
         raise ValueError(f"config.model.variant: unknown variant {model_cfg.variant!r}; "
-                         f"known variants: {', '.join(VARIANT_NAMES)}")
+                         f"known variants: {', '.join(ALL_VARIANT_NAMES)}")
     variant = decode_variant(model_cfg.variant)
     if model_cfg.text_num_frozen >= 0:
+        if is_v1(variant):
+            raise ValueError(f"config.model.text_num_frozen={model_cfg.text_num_frozen}: the TVTS v1 text tower "
+                             f"(DistilBERT) is trained whole as published; freeze parameters with config.optim.rules "
+                             f"instead (leave text_num_frozen at -1)")
         if model_cfg.text_num_frozen > variant.text.depth:
             raise ValueError(f"config.model.text_num_frozen={model_cfg.text_num_frozen} exceeds the text tower's "
                              f"{variant.text.depth} blocks")
@@ -139,8 +152,22 @@ def model_variant(model_cfg: Any) -> Variant:
     return variant
 
 
-def mask_ratio(config: Any) -> float:
-    return model_variant(config.model).mask_ratio if config.model.mask_ratio < 0 else config.model.mask_ratio
+def mask_ratio(config: Any, kind: str = "transcribed") -> float:
+    """The training mask ratio of a source ('transcribed' or 'captioned'): the config's, or (-1) the variant's
+    published one."""
+    variant = model_variant(config.model)
+    if kind == "captioned":
+        ratio = config.model.get("captioned_mask_ratio", -1.0)  # absent from configs saved before it existed
+        if ratio >= 0:
+            return ratio
+        if is_v1(variant):
+            return variant.captioned_mask_ratio
+    return variant.mask_ratio if config.model.mask_ratio < 0 else config.model.mask_ratio
+
+
+def tokenizer_name(config: Any) -> str:
+    """config.data.tokenizer ('clip_bpe' in configs saved before the field existed)."""
+    return config.data.get("tokenizer", "") or "clip_bpe"
 
 
 def validate(config: Any, num_devices: int | None = None, process_count: int | None = None) -> None:
@@ -149,14 +176,31 @@ def validate(config: Any, num_devices: int | None = None, process_count: int | N
     With `num_devices` / `process_count` (the trainer passes them) the batch sizes are checked against the mesh.
     """
     variant = model_variant(config.model)
-    ratio = mask_ratio(config)
-    if not 0.0 <= ratio < 1.0:
-        raise ValueError(f"config.model.mask_ratio={ratio} must be in [0, 1): a ratio of 1 drops every patch")
-    if int(variant.video.num_patches * (1 - ratio)) < 1:
-        raise ValueError(f"config.model.mask_ratio={ratio} keeps no patch of {variant.video.num_patches}")
+    for kind, field in (("transcribed", "mask_ratio"), ("captioned", "captioned_mask_ratio")):
+        ratio = mask_ratio(config, kind)
+        if not 0.0 <= ratio < 1.0:
+            raise ValueError(f"config.model.{field}={ratio} must be in [0, 1): a ratio of 1 drops every patch")
+        if int(variant.video.num_patches * (1 - ratio)) < 1:
+            raise ValueError(f"config.model.{field}={ratio} keeps no patch of {variant.video.num_patches}")
     if not 1 <= config.model.num_frames <= variant.video.max_frames:
         raise ValueError(f"config.model.num_frames={config.model.num_frames}: the temporal embedding holds "
                          f"{variant.video.max_frames} frames")
+    if is_v1(variant):
+        _validate_v1(config, variant)
+    tokenizer = tokenizer_name(config)
+    if tokenizer not in TOKENIZERS:
+        raise ValueError(f"config.data.tokenizer={tokenizer!r}: known {', '.join(TOKENIZERS)}")
+    wanted = "wordpiece" if is_v1(variant) else "clip_bpe"
+    if tokenizer != wanted:
+        raise ValueError(f"config.data.tokenizer={tokenizer!r} does not match the text tower of {variant.name} "
+                         f"({'DistilBERT' if is_v1(variant) else 'CLIP'}): set --config.data.tokenizer={wanted}")
+    vocab_path = config.data.get("vocab_path", "")
+    if tokenizer == "wordpiece" and not vocab_path and config.data.name != "synthetic":
+        raise ValueError("config.data.vocab_path is empty: the WordPiece tokenizer needs the text tower's vocab.txt "
+                         "(e.g. the distilbert-base-uncased directory's, the one `python -m tvts.convert v1_init "
+                         "--distilbert DIR` read); only data='synthetic' builds its own")
+    if vocab_path and not epath.Path(vocab_path).exists():
+        raise FileNotFoundError(f"config.data.vocab_path={vocab_path!r} does not exist")
     if config.model.time_init not in ("learnable", "published"):
         raise ValueError(f"config.model.time_init={config.model.time_init!r}: use 'learnable' or 'published'")
     _validate_init(config, variant)
@@ -232,6 +276,19 @@ def validate_data(config: Any) -> None:
         synthetic_config(config.data, model_variant(config.model).video.image_size, config.model.num_frames)
 
 
+def _validate_v1(config: Any, variant: V1Variant) -> None:
+    """What only the TVTS v1 family needs: whole 2-frame tubelets, no time attention to switch off."""
+    frames, tubelet = config.model.num_frames, variant.video.tubelet_size
+    if frames != 1 and frames % tubelet:
+        raise ValueError(f"config.model.num_frames={frames}: {variant.name} embeds tubelets of {tubelet} frames, so "
+                         f"the frames must fill whole tubelets (a multiple of {tubelet}), or be 1 (an image, repeated "
+                         f"to one tubelet)")
+    if "no_time_attn" in config.eval_references:
+        raise ValueError(f"config.eval_references: 'no_time_attn' switches off TVTSv2's time attention; {variant.name} "
+                         f"(TVTS v1) attends jointly over space and time and has none to switch off. Use ('init',) "
+                         f"or ()")
+
+
 def _validate_tfds(config: Any) -> None:
     from tvts.data.loader import TEXTS_PER_VIDEO
 
@@ -254,6 +311,13 @@ def _validate_init(config: Any, variant: Variant) -> None:
     if config.resume == "random":
         raise ValueError("config.resume='random': resume takes a checkpoint directory; for random weights use "
                          "config.init='random'")
+    if variant.init != "random" and not config.init and is_v1(variant):
+        raise ValueError(
+            f"config.init is empty, and variant {variant.name} starts from MAE and DistilBERT weights "
+            f"({variant.init}). Convert them to a params directory with `python -m tvts.convert v1_init --mae "
+            f"mae_pretrain_vit_base.pth --distilbert DISTILBERT_DIR --variant {variant.name} --out DIR` "
+            f"(docs/convert.md, 'TVTS v1'), and pass --config.init=DIR, or pass --config.init=random to train from "
+            f"random weights on purpose.")
     if variant.init != "random" and not config.init:
         raise ValueError(
             f"config.init is empty, and variant {variant.name} starts from pretrained CLIP weights "

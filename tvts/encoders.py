@@ -17,6 +17,7 @@ from jax.sharding import PartitionSpec as P
 
 from tvts import sharding
 from tvts.models.inputs import PreprocessSpec, normalize
+from tvts.models.tvts_v1 import TVTSv1
 from tvts.models.tvtsv2 import TVTSv2
 
 
@@ -34,23 +35,24 @@ class Encoders(Protocol):
 
 
 class ModelEncoders:
-    """Encoders of a TVTSv2 model on a mesh, unmasked. `with_params` binds other parameters to the same compiled
-    programs, so a trained model and its references (random init, time attention off) share one compilation.
+    """Encoders of a TVTSv2 or TVTS v1 model on a mesh, unmasked. `with_params` binds other parameters to the same
+    compiled programs, so a trained model and its references (random init, time attention off) share one compilation.
     Also gives the sort head's logits, which only the full model (not an exported backbone) has."""
 
-    def __init__(self, model: TVTSv2, mesh: jax.sharding.Mesh, rules, params_sharding: Any, spec: PreprocessSpec,
-                 params: Any = None):
+    def __init__(self, model: TVTSv2 | TVTSv1, mesh: jax.sharding.Mesh, rules, params_sharding: Any,
+                 spec: PreprocessSpec, params: Any = None):
         self.model, self.mesh, self.rules, self.spec, self.params = model, mesh, rules, spec, params
         self.params_sharding = params_sharding
         replicated = NamedSharding(mesh, P())
         prepare = lambda frames: normalize(frames, spec.normalization)
+        family = type(model)  # both families have encode_video / encode_text with the same signatures
 
         def video(params, frames):
-            tokens = model.apply({"params": params}, prepare(frames), None, method=TVTSv2.encode_video)
+            tokens = model.apply({"params": params}, prepare(frames), None, method=family.encode_video)
             return tokens[:, 0], tokens
 
         def text(params, tokens):
-            return model.apply({"params": params}, tokens, method=TVTSv2.encode_text)
+            return model.apply({"params": params}, tokens, method=family.encode_text)
 
         def sort(params, frames, texts):
             out = model.apply({"params": params}, prepare(frames), None, texts)

@@ -1,4 +1,4 @@
-"""Export a TVTSv2's video and text encoders as a frozen backbone (docs/backbone.md):
+"""Export a TVTSv2's (or a TVTS v1's) video and text encoders as a frozen backbone (docs/backbone.md):
 
     python -m tvts.export --workdir workdirs/demo --out workdirs/demo/backbone [--step N]
     python -m tvts.export --init CONVERTED_DIR --variant B/16 --out DIR [--num_frames 12 --normalization imagenet]
@@ -15,6 +15,10 @@ Writes into --out:
     video_tokens.stablehlo params, uint8 [b, T, H, W, 3] -> float32 [b, 1 + T*N, E]   (every projected token)
     image.stablehlo        params, uint8 [b, H, W, 3]    -> float32 [b, E]            (each frame as a 1-frame clip)
     text.stablehlo         params, int32 [b, L]          -> float32 [b, E]            (projected EOT token)
+    vocab.txt            TVTS v1 only: the WordPiece vocabulary (the spec's vocab_path then reads 'vocab.txt')
+
+A TVTS v1 model (variants 'v1-...') exports the same four programs: its tokens are [b, 1 + tubes*N, E] (tubes = T / 2;
+one frame is one tube), its text embedding the projected first ([CLS]) token of DistilBERT.
 
 Each .stablehlo file is a serialized `jax.export.Exported` with a symbolic batch dimension `b`, lowered for
 --platforms (default cpu, cuda and tpu). The programs take the parameters as an argument (a dict keyed by the
@@ -48,8 +52,11 @@ from jax import export as jax_export
 
 from tvts import backbone as backbone_lib
 from tvts.models.inputs import NORMALIZATIONS, PreprocessSpec, normalize
+from tvts.models.tvts_v1 import TVTSv1
 from tvts.models.tvtsv2 import TVTSv2
-from tvts.models.variants import Variant
+from tvts.models.variants import V1Variant, Variant, is_v1
+
+VOCAB_FILE = "vocab.txt"  # a WordPiece backbone's vocabulary, beside backbone.json
 
 DEFAULT_PLATFORMS = ("cpu", "cuda", "tpu")
 PARAM_DTYPES = ("float32", "bfloat16")
@@ -84,16 +91,17 @@ def backbone_params(params: Any, dtype: str = "float32") -> dict[str, np.ndarray
 # -----------------------------------------------------------------------------------------------------------------
 # Programs
 # -----------------------------------------------------------------------------------------------------------------
-def program_functions(model: TVTSv2, spec: PreprocessSpec) -> dict[str, tuple[str, Any]]:
+def program_functions(model: TVTSv2 | TVTSv1, spec: PreprocessSpec) -> dict[str, tuple[str, Any]]:
     """name -> (tower, fn(flat tower params, input)). The flat params (any float dtype) are cast to float32 and
     nested; the model then computes in its own dtype. These are also the Flax reference the tests compare with."""
+    family = type(model)  # TVTSv2 or TVTSv1: the same encode_video / encode_text
 
     def tree(flat):
         return backbone_lib.unflatten({k: v.astype(jnp.float32) for k, v in flat.items()})
 
     def tokens(flat, frames):
         video = normalize(frames, spec.normalization)
-        return model.apply({"params": tree(flat)}, video, None, method=TVTSv2.encode_video)
+        return model.apply({"params": tree(flat)}, video, None, method=family.encode_video)
 
     def video(flat, frames):
         return tokens(flat, frames)[:, 0]
@@ -102,7 +110,7 @@ def program_functions(model: TVTSv2, spec: PreprocessSpec) -> dict[str, tuple[st
         return tokens(flat, frames[:, None])[:, 0]
 
     def text(flat, ids):
-        return model.apply({"params": tree(flat)}, ids, method=TVTSv2.encode_text)
+        return model.apply({"params": tree(flat)}, ids, method=family.encode_text)
 
     return {"video": ("video", video), "video_tokens": ("video", tokens), "image": ("video", image),
             "text": ("text", text)}
@@ -130,14 +138,14 @@ def _write_bytes(path, data: bytes) -> None:
         backbone_lib._path(path).write_bytes(data)
 
 
-def export_backbone(out_dir, model: TVTSv2, params: Any, spec: PreprocessSpec, *, param_dtype: str = "float32",
+def export_backbone(out_dir, model: TVTSv2 | TVTSv1, params: Any, spec: PreprocessSpec, *, param_dtype: str = "float32",
                     platforms: Sequence[str] = DEFAULT_PLATFORMS, source: dict[str, Any] | None = None,
                     functions: Sequence[str] = FUNCTIONS) -> dict[str, Any]:
     """Writes the backbone of `model` with `params` (a TVTSv2 tree; the sort head, if present, is dropped) into
     `out_dir` and returns its backbone.json contents. backbone.json is written last: a directory without it is an
     interrupted export. Multi-process: every process calls (sharded parameters are gathered), process 0 writes."""
     start = time.perf_counter()
-    variant: Variant = model.variant
+    variant: Variant | V1Variant = model.variant
     model = model.clone(remat="none")  # inference only: the same forward values, simpler programs
     if spec.image_size != variant.video.image_size:
         raise ValueError(f"spec image_size {spec.image_size} != the variant's {variant.video.image_size}")
@@ -145,6 +153,11 @@ def export_backbone(out_dir, model: TVTSv2, params: Any, spec: PreprocessSpec, *
         raise ValueError(f"spec num_frames {spec.num_frames} outside [1, {variant.video.max_frames}]")
     if spec.context_length > variant.text.context_length:
         raise ValueError(f"spec context_length {spec.context_length} > the text tower's {variant.text.context_length}")
+    if is_v1(variant) and spec.num_frames != 1 and spec.num_frames % variant.video.tubelet_size:
+        raise ValueError(f"spec num_frames {spec.num_frames} do not fill whole tubelets of "
+                         f"{variant.video.tubelet_size} frames")
+    if spec.tokenizer == "wordpiece" and not spec.vocab_path:
+        raise ValueError("a WordPiece spec needs its vocab_path (the vocab.txt the backbone ships)")
     flat = backbone_params(params, param_dtype)
     if jax.process_index() != 0:
         return {}
@@ -157,6 +170,12 @@ def export_backbone(out_dir, model: TVTSv2, params: Any, spec: PreprocessSpec, *
     info_path = backbone_lib._join(out_dir, backbone_lib.INFO_FILE)
     if local and os.path.exists(info_path):
         os.remove(info_path)  # the directory is incomplete until the new backbone.json lands
+
+    if spec.tokenizer == "wordpiece":  # the vocabulary travels with the backbone; the spec then names it relatively
+        vocab = backbone_lib._path(spec.vocab_path)
+        data = vocab.read_bytes() if not isinstance(vocab, str) else open(vocab, "rb").read()
+        _write_bytes(backbone_lib._join(out_dir, VOCAB_FILE), data)
+        spec = dataclasses.replace(spec, vocab_path=VOCAB_FILE)
 
     params_bytes = backbone_lib.write_safetensors(
         backbone_lib._join(out_dir, backbone_lib.PARAMS_FILE), flat,
@@ -181,7 +200,7 @@ def export_backbone(out_dir, model: TVTSv2, params: Any, spec: PreprocessSpec, *
     info = {
         "format": backbone_lib.FORMAT,
         "format_version": backbone_lib.FORMAT_VERSION,
-        "variant": dataclasses.asdict(variant),
+        "variant": {**dataclasses.asdict(variant), "family": "tvts_v1" if is_v1(variant) else "tvtsv2"},
         "spec": spec.to_dict(),
         "embed_dim": variant.joint_dim,
         "param_dtype": param_dtype,
@@ -217,8 +236,9 @@ def _restore_towers(directory, abstract_params: Any, shardings: Any, step: int |
     missing = sorted(set(want) - set(have))
     if missing:
         raise ValueError(f"{directory} lacks {len(missing)} parameters of the video/text towers, so it is not a "
-                         f"complete TVTSv2 (converted image-CLIP weights have no time attention: train from them "
-                         f"first): {', '.join(missing[:12])}{' ...' if len(missing) > 12 else ''}")
+                         f"complete model (converted pretrained weights lack what the model adds to them: TVTSv2's "
+                         f"time attention, TVTS v1's projections and temporal embedding; train from them first): "
+                         f"{', '.join(missing[:12])}{' ...' if len(missing) > 12 else ''}")
     return {t: restored[t] for t in TOWERS}
 
 
@@ -261,11 +281,12 @@ def init_variant(init_dir) -> str | None:
 
 
 def from_init(init_dir, variant_name: str | None = None, *, num_frames: int = 12, normalization: str = "imagenet",
-              context_length: int = 0, compute_dtype: str = "float32", text_num_frozen: int = -1):
+              context_length: int = 0, compute_dtype: str = "float32", text_num_frozen: int = -1,
+              vocab_path: str = ""):
     """(model, tower params, spec, source) of a params-only checkpoint directory (what `--config.init` takes: the
     weight converters' output, or another run's checkpoints/), restored onto the variant's abstract params with
     tvts.checkpoint.restore_params. The variant comes from the directory's metadata when it records one; the spec
-    is given (such a directory does not store it)."""
+    is given (such a directory does not store it; a TVTS v1 variant needs the WordPiece `vocab_path`)."""
     import ml_collections
 
     from tvts import config as config_lib
@@ -276,12 +297,20 @@ def from_init(init_dir, variant_name: str | None = None, *, num_frames: int = 12
         raise ValueError(f"{init_dir} does not record its variant: pass --variant")
     variant = config_lib.model_variant(ml_collections.ConfigDict(dict(variant=variant_name,
                                                                        text_num_frozen=text_num_frozen)))
-    model = TVTSv2(variant, jnp.dtype(compute_dtype))
-    abstract = nn.unbox(abstract_params(variant))
+    if is_v1(variant) and not vocab_path:
+        raise ValueError(f"{variant.name} tokenizes with WordPiece: pass --vocab (its DistilBERT's vocab.txt)")
+    if is_v1(variant):
+        from tvts.models.tvts_v1 import abstract_params as v1_abstract_params
+
+        model, abstract = TVTSv1(variant, jnp.dtype(compute_dtype)), nn.unbox(v1_abstract_params(variant))
+    else:
+        model, abstract = TVTSv2(variant, jnp.dtype(compute_dtype)), nn.unbox(abstract_params(variant))
     one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     params = _restore_towers(init_dir, abstract, jax.tree.map(lambda _: one, abstract))
     spec = PreprocessSpec(num_frames=num_frames, image_size=variant.video.image_size, normalization=normalization,
-                          context_length=context_length or variant.text.context_length)
+                          context_length=context_length or variant.text.context_length,
+                          tokenizer="wordpiece" if is_v1(variant) else "clip_bpe",
+                          vocab_path=os.path.abspath(vocab_path) if is_v1(variant) else "")
     return model, params, spec, {"init": str(init_dir)}
 
 
@@ -319,8 +348,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--dtype", default="float32", choices=PARAM_DTYPES, help="stored parameter dtype")
     p.add_argument("--platforms", default=",".join(DEFAULT_PLATFORMS), help="lowering platforms, comma-separated")
     g = p.add_argument_group("--init only (a converted directory carries no config)")
-    g.add_argument("--variant", help="variant name (tiny, B/32, B/16, L/14, H/14, g/14, G/14); default: the one the "
-                   "directory's metadata records")
+    g.add_argument("--variant", help="variant name (tiny, B/32, B/16, L/14, H/14, g/14, G/14, v1-B/16, v1-tiny); "
+                   "default: the one the directory's metadata records")
+    g.add_argument("--vocab", default="", help="TVTS v1: the WordPiece vocab.txt (copied into the backbone)")
     g.add_argument("--num_frames", type=int, default=12)
     g.add_argument("--normalization", default="imagenet", choices=sorted(NORMALIZATIONS))
     g.add_argument("--context_length", type=int, default=0, help="0: the text tower's")
@@ -334,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                                     normalization=args.normalization,
                                                     context_length=args.context_length,
                                                     compute_dtype=args.compute_dtype,
-                                                    text_num_frozen=args.text_num_frozen)
+                                                    text_num_frozen=args.text_num_frozen, vocab_path=args.vocab)
         else:
             model, params, spec, source = from_workdir(args.workdir, args.step)
     except (FileNotFoundError, ValueError) as err:

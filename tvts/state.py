@@ -18,8 +18,15 @@ from tvts import config as config_lib
 from tvts import optim, sharding
 from tvts.curriculum import Curriculum
 from tvts.encoders import ModelEncoders
+from tvts.models import tvts_v1
 from tvts.models.inputs import PreprocessSpec
+from tvts.models.tvts_v1 import TVTSv1, random_tube_keep
 from tvts.models.tvtsv2 import TVTSv2, init_params, merge_loaded, without_time_attention
+from tvts.models.variants import is_v1
+
+# TVTS v1 trains every parameter with one AdamW at the published learning rate (docs/published_recipe.md, "TVTS v1",
+# "Optimisation and stages"): one rule, the base config's 1e-4 group ('new').
+V1_PUBLISHED_RULES = ((r"^(video|text|sort_head)/", "new"),)
 
 
 @dataclasses.dataclass
@@ -27,7 +34,7 @@ class Setup:
     """Everything derived from the config before any array is allocated."""
 
     config: Any
-    model: TVTSv2
+    model: TVTSv2 | TVTSv1
     mesh: jax.sharding.Mesh
     rules: tuple
     curriculum: Curriculum
@@ -36,9 +43,21 @@ class Setup:
     schedules: dict[str, optax.Schedule]  # learning rate by update, for logging
     abstract_state: Any
     state_sharding: Any
-    mask_ratio: float
+    mask_ratio: float  # of transcribed videos (mask_ratios: per source)
     spec: PreprocessSpec
     compiled: dict = dataclasses.field(default_factory=dict, repr=False)  # programs built once per setup
+    mask_ratios: dict[str, float] = dataclasses.field(default_factory=dict)  # source -> its training mask ratio
+
+    @property
+    def per_tube_mask(self) -> bool:
+        """TVTS v1 masks each temporal tube on its own (keep [B, tubes, n_keep]); TVTSv2 one set per video."""
+        return isinstance(self.model, TVTSv1)
+
+    def random_tube_keep(self, rng: jax.Array, video_shape: tuple[int, ...], ratio: float) -> jax.Array | None:
+        """TVTS v1's training mask for video [B, T, H, W, 3]: [B, tubes, n_keep] (1 frame = one tube); None at 0."""
+        video = self.model.variant.video
+        tubes = max(video_shape[1] // video.tubelet_size, 1)
+        return random_tube_keep(rng, video_shape[0], tubes, video.num_patches, ratio)
 
     @property
     def params_sharding(self):
@@ -57,22 +76,40 @@ class Setup:
         return {f"lr/{g}": float(s(update)) for g, s in self.schedules.items()}
 
 
-def build_model(config) -> TVTSv2:
+def build_model(config) -> TVTSv2 | TVTSv1:
+    """TVTSv2, or TVTSv1 for a 'v1-' variant. temporal_init_std -1 means the family's published init: TVTSv2's
+    N(0, width^-0.5), TVTS v1's zeros."""
     m = config.model
-    return TVTSv2(config_lib.model_variant(m), jnp.dtype(m.dtype), m.remat, m.temporal_init_std,
-                  m.sort_type_init_std)
+    variant = config_lib.model_variant(m)
+    if is_v1(variant):
+        temporal = 0.0 if m.temporal_init_std < 0 else m.temporal_init_std
+        return TVTSv1(variant, jnp.dtype(m.dtype), m.remat, temporal, m.sort_type_init_std)
+    return TVTSv2(variant, jnp.dtype(m.dtype), m.remat, m.temporal_init_std, m.sort_type_init_std)
+
+
+def model_init(model: TVTSv2 | TVTSv1, rng: jax.Array, time_init: str = "learnable") -> Any:
+    """Boxed random parameters of either family (`time_init` applies to TVTSv2's time attention only)."""
+    if isinstance(model, TVTSv1):
+        return tvts_v1.init_params(model, rng)
+    return init_params(model, rng, time_init)
 
 
 def preprocess_spec(config) -> PreprocessSpec:
+    from tvts.data.pipeline import data_tokenizer
+
+    tokenizer, vocab_path = data_tokenizer(config.data)
     return PreprocessSpec(num_frames=config.model.num_frames,
                           image_size=config_lib.model_variant(config.model).video.image_size,
-                          normalization=config.data.normalization, context_length=config.data.context_length)
+                          normalization=config.data.normalization, context_length=config.data.context_length,
+                          tokenizer=tokenizer, vocab_path=vocab_path)
 
 
 def optimizer_rules(config) -> list:
     variant = config_lib.model_variant(config.model)
     if config.optim.rules:
         return [tuple(r) for r in config.optim.rules]
+    if is_v1(variant):
+        return list(V1_PUBLISHED_RULES)
     return optim.published_rules(config.optim.temporal_embedding_group, config.optim.freeze_text_embeddings,
                                  has_frozen_text_blocks=variant.text.num_frozen > 0)
 
@@ -83,7 +120,7 @@ def make_setup(config, mesh: jax.sharding.Mesh | None = None) -> Setup:
     mesh = mesh if mesh is not None else sharding.make_mesh(dict(config.mesh))
     rules = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in config.sharding_rules)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        boxed = jax.eval_shape(functools.partial(init_params, model, time_init=config.model.time_init),
+        boxed = jax.eval_shape(functools.partial(model_init, model, time_init=config.model.time_init),
                                jax.random.key(0))
     params_sharding = sharding.param_shardings(boxed, mesh, rules)
     abstract_params = nn.unbox(boxed)
@@ -97,7 +134,8 @@ def make_setup(config, mesh: jax.sharding.Mesh | None = None) -> Setup:
     state_sharding = sharding.state_shardings(abstract_state, params_sharding, mesh)
     state_sharding["params"] = params_sharding
     return Setup(config, model, mesh, rules, curriculum, labels, tx, schedules, abstract_state, state_sharding,
-                 config_lib.mask_ratio(config), preprocess_spec(config))
+                 config_lib.mask_ratio(config), preprocess_spec(config),
+                 mask_ratios={kind: config_lib.mask_ratio(config, kind) for kind in config.data.sources})
 
 
 def new_state(params, *, tx, labels) -> dict[str, Any]:
@@ -118,7 +156,7 @@ def random_init(setup: Setup, rng: jax.Array) -> Any:
     """Random parameters, created directly with their shardings (compiled once per setup)."""
     if "random_init" not in setup.compiled:
         def create(rng):
-            return nn.unbox(init_params(setup.model, rng, setup.config.model.time_init))
+            return nn.unbox(model_init(setup.model, rng, setup.config.model.time_init))
 
         with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
             options = CPU_INIT_COMPILER_OPTIONS if jax.default_backend() == "cpu" else {}
@@ -140,7 +178,9 @@ def converted_params(setup: Setup, rng: jax.Array, loaded: Any) -> Any:
     """Converted weights (`tvts.convert`, a subset of the tree) over the run's random init: what the source lacks
     (time attention, ln_3, temporal embedding, sort head) is initialised as the config says, the time attention from
     the loaded space attention (`merge_loaded`)."""
-    merge = functools.partial(merge_loaded, time_init=setup.config.model.time_init)
+    # TVTS v1 has no time attention to initialise from the loaded space attention
+    time_init = None if isinstance(setup.model, TVTSv1) else setup.config.model.time_init
+    merge = functools.partial(merge_loaded, time_init=time_init)
     with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
         return jax.jit(merge, out_shardings=setup.params_sharding, donate_argnums=0)(random_init(setup, rng), loaded)
 

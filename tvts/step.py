@@ -40,7 +40,9 @@ def make_train_step(setup: Setup, kind: str) -> Callable:
 
         def step(state, batch, rng):
             rng = jax.random.fold_in(rng, state["step"])
-            keep = random_keep(rng, batch["video"].shape[0], patches, setup.mask_ratio)
+            ratio = setup.mask_ratios.get(kind, setup.mask_ratio)  # per source (TVTS v1: captioned unmasked)
+            keep = (setup.random_tube_keep(rng, batch["video"].shape, ratio) if setup.per_tube_mask  # TVTS v1
+                    else random_keep(rng, batch["video"].shape[0], patches, ratio))
             trainable, frozen = optim.partition(state["params"], setup.labels)
             active, waiting = optim.partition(trainable, differentiated)
             fixed = optim.merge(waiting, frozen)  # no gradient this phase

@@ -154,7 +154,7 @@ class ExampleMaker:
     """
 
     def __init__(self, kind: str, data: Sequence, seed: int, global_batch: int, local_batch: int, offset: int,
-                 sampling: SamplingConfig, text_length: int):
+                 sampling: SamplingConfig, text_length: int, tokenizer: tuple[str, str] = ('clip_bpe', '')):
         import grain
 
         if kind not in TFDS_NAMES:
@@ -165,6 +165,7 @@ class ExampleMaker:
             raise ValueError(f'{data!r} holds no example')
         self.global_batch, self.local_batch, self.offset = global_batch, local_batch, offset
         self.sampling, self.text_length = sampling, text_length
+        self.tokenizer_spec = tuple(tokenizer)  # (name, vocab path): tvts.data.tokenizer.text_tokenizer
         self.order = grain.MapDataset.range(self.size).shuffle(seed=stream_seed(seed, kind))
         self._tokenizer = None
 
@@ -193,9 +194,10 @@ class ExampleMaker:
 
     def tokens(self, texts: list[str]) -> np.ndarray:
         if self._tokenizer is None:
-            from tvts.data.tokenizer import get_tokenizer
+            from tvts.data.tokenizer import text_tokenizer
 
-            self._tokenizer = get_tokenizer(self.text_length)
+            name, vocab = self.tokenizer_spec
+            self._tokenizer = text_tokenizer(name, self.text_length, vocab)
         return self._tokenizer(texts, self.text_length).astype(np.int32)
 
     def __call__(self, slot: int) -> dict[str, Any]:
@@ -244,7 +246,8 @@ class FileSource:
 
     def __init__(self, kind: str, data: Sequence, global_batch: int, text_length: int, sampling: SamplingConfig,
                  process_index: int = 0, process_count: int = 1, seed: int = 0, num_workers: int = 0,
-                 max_bad_fraction: float = 0.05, min_read: int = MIN_READ, worker_buffer: int | None = None):
+                 max_bad_fraction: float = 0.05, min_read: int = MIN_READ, worker_buffer: int | None = None,
+                 tokenizer: tuple[str, str] = ('clip_bpe', '')):
         if global_batch % process_count:
             raise ValueError(f'global batch {global_batch} is not divisible by {process_count} processes')
         if kind == 'transcribed' and sampling.num_clips != TEXTS_PER_VIDEO[kind]:
@@ -253,7 +256,7 @@ class FileSource:
         self.local_batch = global_batch // process_count
         self.process_index, self.process_count = process_index, process_count
         self.maker = ExampleMaker(kind, data, seed, global_batch, self.local_batch,
-                                  process_index * self.local_batch, sampling, text_length)
+                                  process_index * self.local_batch, sampling, text_length, tokenizer)
         self.num_workers, self.max_bad_fraction, self.min_read = int(num_workers), max_bad_fraction, min_read
         self.worker_buffer = worker_buffer
         self._iter, self._next = None, None
@@ -341,8 +344,9 @@ def make_tfds_sources(data_cfg, image_size: int, num_frames: int, process_index:
                       seed: int = 0, data: Mapping[str, Sequence] | None = None) -> dict[str, FileSource]:
     """The sources of ``data_cfg.sources`` read from ``data_cfg.tfds_data_dir`` (`TFDS_NAMES`, split 'train').
     ``data`` replaces the TFDS readers by other random-access sources (tests)."""
-    from tvts.data.pipeline import text_length
+    from tvts.data.pipeline import data_tokenizer, text_length
 
+    tokenizer = data_tokenizer(data_cfg)
     workers = resolve_workers(data_cfg.num_workers)
     sources = {}
     for kind in data_cfg.sources:
@@ -351,7 +355,8 @@ def make_tfds_sources(data_cfg, image_size: int, num_frames: int, process_index:
         sampling = SamplingConfig(image_size=image_size, num_frames=num_frames,
                                   num_clips=TEXTS_PER_VIDEO['transcribed'] if kind == 'transcribed' else 1)
         sources[kind] = FileSource(kind, source, data_cfg[f'{kind}_batch'], text_length(data_cfg, kind), sampling,
-                                   process_index, process_count, seed, workers, data_cfg.max_bad_fraction)
+                                   process_index, process_count, seed, workers, data_cfg.max_bad_fraction,
+                                   tokenizer=tokenizer)
     return sources
 
 

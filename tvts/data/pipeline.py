@@ -14,8 +14,8 @@ from typing import Protocol
 
 import numpy as np
 
-from tvts.data.synthetic import SyntheticConfig, SyntheticCorpus
-from tvts.data.tokenizer import get_tokenizer
+from tvts.data.synthetic import SyntheticConfig, SyntheticCorpus, wordpiece_vocab_path
+from tvts.data.tokenizer import text_tokenizer
 
 Batch = dict[str, np.ndarray]
 
@@ -31,13 +31,14 @@ class SyntheticSource:
     caption)."""
 
     def __init__(self, kind: str, corpus: SyntheticCorpus, global_batch: int, context_length: int,
-                 process_index: int = 0, process_count: int = 1, train: bool = True):
+                 process_index: int = 0, process_count: int = 1, train: bool = True,
+                 tokenizer: tuple[str, str] = ("clip_bpe", "")):
         if global_batch % process_count:
             raise ValueError(f"global batch {global_batch} is not divisible by {process_count} processes")
         self.kind, self.corpus, self.global_batch = kind, corpus, global_batch
         self.local_batch = global_batch // process_count
         self.offset = process_index * self.local_batch
-        self.tokenizer = get_tokenizer(context_length)
+        self.tokenizer = text_tokenizer(tokenizer[0], context_length, tokenizer[1])  # (name, vocab_path)
         self.context_length, self.train = context_length, train
 
     def indices(self, iteration: int) -> np.ndarray:
@@ -55,12 +56,28 @@ class SyntheticSource:
         return {"video": raw["frames"], "texts": tokens.astype(np.int32)}
 
 
+def data_tokenizer(data_cfg) -> tuple[str, str]:
+    """(tokenizer name, vocab path) of `config.data`: 'clip_bpe' (TVTSv2) or 'wordpiece' (TVTS v1) with its
+    vocab.txt; WordPiece on the synthetic corpus without a vocab_path reads the corpus's own vocabulary
+    (`tvts.data.synthetic.wordpiece_vocab_path`, built once in a cache). Configs saved before these fields existed
+    read as CLIP's BPE."""
+    name = data_cfg.get("tokenizer", "clip_bpe") or "clip_bpe"
+    vocab = data_cfg.get("vocab_path", "") or ""
+    if name == "wordpiece" and not vocab:
+        if data_cfg.name != "synthetic":
+            raise ValueError("config.data.vocab_path is empty: the WordPiece tokenizer needs the text tower's "
+                             "vocab.txt")
+        vocab = wordpiece_vocab_path()
+    return name, vocab
+
+
 def text_length(data_cfg, kind: str) -> int:
     """Tokens per text of a source: captions take `context_length`, transcripts `transcript_length` (-1: the same).
 
     The text tower is causal and pools at EOT, so padding after EOT never changes an embedding: a shorter
     length that still holds every transcript only removes work (4 transcripts per video, a few words each).
-    Longer transcripts are truncated with their EOT kept, as at `context_length`.
+    Longer transcripts are truncated with their EOT kept, as at `context_length`. (TVTS v1's DistilBERT masks its
+    padding out of attention and reads the first token: the same holds.)
     """
     if kind == "transcribed" and data_cfg.transcript_length > 0:
         return data_cfg.transcript_length
@@ -80,8 +97,9 @@ def make_sources(data_cfg, image_size: int, num_frames: int, process_index: int 
         raise ValueError(f"config.data.name={data_cfg.name!r}: known data 'synthetic' (built in) and 'tfds' "
                          f"(prepared datasets in data.tfds_data_dir)")
     corpus = SyntheticCorpus(synthetic_config(data_cfg, image_size, num_frames), split="train")
+    tokenizer = data_tokenizer(data_cfg)
     return {kind: SyntheticSource(kind, corpus, data_cfg[f"{kind}_batch"], text_length(data_cfg, kind),
-                                  process_index, process_count) for kind in data_cfg.sources}
+                                  process_index, process_count, tokenizer=tokenizer) for kind in data_cfg.sources}
 
 
 def synthetic_config(data_cfg, image_size: int, num_frames: int) -> SyntheticConfig:

@@ -680,3 +680,51 @@ class SyntheticCorpus:
         videos, frames, labels = self._batch(indices, 'captioned', train, epoch, render)
         return {'frames': frames, 'captions': [v.caption for v in videos], 'labels': labels,
                 'ids': [v.id for v in videos]}
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# A WordPiece vocabulary of the corpus's words (for the TVTS v1 text tower, which reads BERT's WordPiece ids)
+# ------------------------------------------------------------------------------------------------------------------
+def corpus_words() -> list[str]:
+    """Every word and punctuation mark the corpus writes (transcripts, ASR chatter, captions), lowercased and split
+    as BERT's pre-tokeniser splits them (on whitespace and around punctuation), sorted."""
+    import re
+
+    phrases = [*SHAPES, *COLOURS, *MOTIONS, *_PRE, *_DET, *_VERB, *(p for v in _DIR_PHRASE.values() for p in v),
+               *_POST, *_HESITATION, *_LEAD_IN, *_LEAD_OUT, *_GAP_TOKENS, *_CAP_FIRST, *_CAP_THEN, *_CAP_LAST,
+               *_CAP_VERB, *_CAP_DET, ',', '&gt;&gt;']
+    return sorted({w for p in phrases for w in re.findall(r"\w+|[^\w\s]", p.lower())})
+
+
+def write_wordpiece_vocab(path) -> str:
+    """Writes a BERT-style `vocab.txt` ([PAD] 0, [UNK], [CLS], [SEP], [MASK], then `corpus_words()`, then every
+    lowercase letter and digit alone and as a '##' continuation, so an unseen word splits into pieces rather than
+    [UNK]) and returns its path. Fits the `v1-tiny` text tower's 1024 rows."""
+    import os
+
+    letters = [chr(c) for c in range(ord('a'), ord('z') + 1)] + [str(d) for d in range(10)]
+    words = corpus_words()
+    tokens = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]', *words,
+              *(c for c in letters if c not in words), *(f'##{c}' for c in letters)]
+    path = os.fspath(path)
+    tmp = f'{path}.{os.getpid()}.partial'
+    with open(tmp, 'w', encoding='utf-8') as f:
+        f.write('\n'.join(tokens) + '\n')
+    os.replace(tmp, path)  # atomic: processes sharing a cache never read half a file
+    return path
+
+
+def wordpiece_vocab_path(cache_dir=None) -> str:
+    """The corpus's WordPiece vocabulary (`write_wordpiece_vocab`), written once into `cache_dir` (default
+    $TVTS_CACHE_DIR, else ~/.cache/tvts) under a name holding a hash of its contents; returns the path."""
+    import hashlib
+    import os
+
+    cache_dir = cache_dir or os.environ.get('TVTS_CACHE_DIR') or os.path.join(os.path.expanduser('~'), '.cache',
+                                                                              'tvts')
+    digest = hashlib.sha1('\n'.join(corpus_words()).encode()).hexdigest()[:12]
+    path = os.path.join(cache_dir, f'synthetic_wordpiece_{digest}.txt')
+    if not os.path.exists(path):
+        os.makedirs(cache_dir, exist_ok=True)
+        write_wordpiece_vocab(path)
+    return path

@@ -228,3 +228,35 @@ def get_tokenizer(context_length: int = 77) -> Tokenizer:
     """The shared tokenizer for ``context_length``. Tokenizers of any length share one copy of
     the vocabulary, read the first time it is needed."""
     return Tokenizer(context_length)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Which tokenizer: CLIP's BPE (TVTSv2's text towers) or BERT's WordPiece (TVTS v1's DistilBERT, tvts.data.wordpiece)
+# ------------------------------------------------------------------------------------------------------------------
+TOKENIZERS = ("clip_bpe", "wordpiece")
+
+
+def text_tokenizer(name: str = "clip_bpe", context_length: int = 77, vocab_path: str = ""):
+    """The shared tokenizer `name` ('clip_bpe' or 'wordpiece'), called as `tok(texts, length=None)` -> int32
+    [N, length]. WordPiece reads `vocab_path` (a vocab.txt); CLIP's BPE has its vocabulary built in."""
+    if name == "clip_bpe":
+        if vocab_path:
+            raise ValueError(f"tokenizer 'clip_bpe' has its vocabulary built in; got vocab_path={vocab_path!r}")
+        return get_tokenizer(context_length)
+    if name == "wordpiece":
+        if not vocab_path:
+            raise ValueError("tokenizer 'wordpiece' needs a vocab.txt (vocab_path)")
+        from tvts.data.wordpiece import get_wordpiece_tokenizer
+
+        return get_wordpiece_tokenizer(os.path.abspath(os.fspath(vocab_path)), int(context_length))
+    raise ValueError(f"unknown tokenizer {name!r}; known {', '.join(TOKENIZERS)}")
+
+
+def tokenizer_for_spec(spec, directory=None):
+    """The tokenizer a preprocessing spec names (`tvts.models.inputs.PreprocessSpec`, or an exported backbone's
+    spec dict). A relative `vocab_path` (an exported backbone's 'vocab.txt') is read from `directory`."""
+    get = spec.get if isinstance(spec, dict) else lambda k, d=None: getattr(spec, k, d)
+    name, vocab = get("tokenizer", "clip_bpe") or "clip_bpe", get("vocab_path", "") or ""
+    if vocab and directory is not None and not os.path.isabs(vocab) and "://" not in vocab:
+        vocab = os.path.join(os.fspath(directory), vocab)
+    return text_tokenizer(name, int(get("context_length")), vocab)

@@ -188,10 +188,10 @@ def encode_videos(encoders, examples: Callable[[int], dict], n: int, *, batch: i
 
 
 def encode_texts(encoders, texts: Sequence[str], *, batch: int = 16, spec=None) -> np.ndarray:
-    from tvts.data.tokenizer import get_tokenizer
+    from tvts.data.tokenizer import tokenizer_for_spec
 
     spec = spec or encoders.spec
-    tok = get_tokenizer(int(spec.context_length))
+    tok = tokenizer_for_spec(spec, getattr(encoders, "directory", None))  # the spec's: CLIP BPE or WordPiece
     out = []
     for idx in _batches(len(texts), batch):
         tokens = np.zeros((batch, int(spec.context_length)), np.int32)

@@ -18,7 +18,7 @@ from etils import epath
 
 from tvts.data.pipeline import synthetic_config, text_length
 from tvts.data.synthetic import SyntheticCorpus
-from tvts.data.tokenizer import get_tokenizer
+from tvts.data.tokenizer import tokenizer_for_spec
 from tvts.evaluators.common import Evaluator
 from tvts.evaluators.linear_probe import linear_probe
 from tvts.evaluators.retrieval import chance_metrics, recall_at_k_curve, text_video_retrieval
@@ -38,7 +38,7 @@ class SyntheticHeldout(Evaluator):
         self.val = SyntheticCorpus(corpus_cfg, split="val")
         self.context_length = data_cfg.context_length
         self.transcript_length = text_length(data_cfg, "transcribed")
-        self.tokenizer = get_tokenizer(self.context_length)
+        self.tokenizer = tokenizer_for_spec(spec, getattr(spec, "directory", None))  # CLIP BPE or WordPiece
         self.process_index, self.process_count = jax.process_index(), jax.process_count()
 
     def _chunks(self, n: int):

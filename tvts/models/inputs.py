@@ -35,15 +35,20 @@ class PreprocessSpec:
     num_frames: int
     image_size: int
     normalization: str = "imagenet"
-    tokenizer: str = "clip_bpe"
+    tokenizer: str = "clip_bpe"  # or 'wordpiece' (TVTS v1; tvts.data.tokenizer.text_tokenizer)
     context_length: int = 77
+    # WordPiece: the vocab.txt (an exported backbone stores 'vocab.txt', relative to its folder); CLIP BPE: ''
+    vocab_path: str = ""
 
     def __post_init__(self):
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"PreprocessSpec.normalization={self.normalization!r}; known: {sorted(NORMALIZATIONS)}")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if not d["vocab_path"]:  # CLIP BPE: the spec reads as it did before the field existed
+            del d["vocab_path"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PreprocessSpec:

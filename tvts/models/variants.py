@@ -7,12 +7,16 @@ ViT-bigG/14 towers and go beyond the paper. Their sort head reads what the offic
 official video tower for OpenCLIP weights (v2/model/video_encoder_ViT_H_14.py) is written for any OpenCLIP ViT config,
 so g/14 and G/14 built the official way would take that path; L/14 (an OpenAI tower) reads what B/32 and B/16 read.
 The TVTS v1 rows ('v1-B/16', 'v1-tiny') have their own dataclass in `tvts.models.variants_v1`; `decode_variant`
-dispatches to them on the 'v1-' prefix.
+dispatches to them on the 'v1-' prefix. Both tables import the sort head's row type from
+`tvts.models.sort_head_config`, so neither imports the other in a circle (this module imports variants_v1).
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Literal
+
+from tvts.models.sort_head_config import SortHeadConfig
+from tvts.models.variants_v1 import V1_PREFIX, V1_VARIANT_NAMES, V1Variant, decode_v1_variant
 
 Activation = Literal["quick_gelu", "gelu"]
 # What the sort head reads of the video tower's output (docs/published_recipe.md, "Sort head"):
@@ -57,14 +61,6 @@ class TextTower:
     @property
     def mlp_dim(self) -> int:
         return 4 * self.width
-
-
-@dataclasses.dataclass(frozen=True)
-class SortHeadConfig:
-    width: int
-    heads: int
-    depth: int = 2
-    num_clips: int = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,21 +124,29 @@ _VARIANTS: dict[str, Variant] = {
     )
 }
 
-VARIANT_NAMES = tuple(_VARIANTS)
+VARIANT_NAMES = tuple(_VARIANTS)  # the TVTSv2 rows (what the TVTSv2 model builds)
+ALL_VARIANT_NAMES = VARIANT_NAMES + V1_VARIANT_NAMES  # every row of both families
+
+__all__ = ["ALL_VARIANT_NAMES", "SORT_TOKENS", "VARIANT_NAMES", "SortHeadConfig", "TextTower", "V1Variant", "Variant",
+           "VideoTower", "decode_variant", "is_v1"]
 
 
-def decode_variant(name: str) -> Variant:
+def is_v1(variant: Variant | V1Variant | str) -> bool:
+    """Whether a variant (or its name) is of the TVTS v1 family."""
+    name = variant if isinstance(variant, str) else variant.name
+    return isinstance(variant, V1Variant) or name.startswith(V1_PREFIX)
+
+
+def decode_variant(name: str) -> Variant | V1Variant:
     """A TVTSv2 row; a name starting with 'v1-' returns the TVTS v1 row (`tvts.models.variants_v1.V1Variant`).
 
     VARIANT_NAMES lists the TVTSv2 rows only (what the TVTSv2 model builds); the v1 names are
-    `tvts.models.variants_v1.V1_VARIANT_NAMES`.
+    `tvts.models.variants_v1.V1_VARIANT_NAMES`, both together ALL_VARIANT_NAMES.
     """
-    if name.startswith("v1-"):
-        from tvts.models.variants_v1 import decode_v1_variant  # imports this module: a lazy import avoids the cycle
-
+    if name.startswith(V1_PREFIX):
         return decode_v1_variant(name)
     try:
         return _VARIANTS[name]
     except KeyError:
         raise ValueError(f"unknown variant {name!r}; known variants: {', '.join(VARIANT_NAMES)} "
-                         f"(TVTS v1: names starting with 'v1-')") from None
+                         f"(TVTS v1: {', '.join(V1_VARIANT_NAMES)})") from None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from tvts.models.variants import SortHeadConfig
+from tvts.models.sort_head_config import SortHeadConfig
 
 V1_PREFIX = "v1-"
 
@@ -58,6 +58,10 @@ class DistilBertTower:
     pad_token_id: int = 0  # keys holding this id are masked out of attention
     epsilon: float = 1e-12  # DistilBERT's LayerNorm eps
 
+    # The whole DistilBERT is trained (v1/train_dist_TVTS.py:66-67): no frozen blocks. Shared code that reads a
+    # text tower's frozen depth (FLOP counts, optimizer rules) reads 0.
+    num_frozen: ClassVar[int] = 0
+
 
 @dataclasses.dataclass(frozen=True)
 class V1Variant:
@@ -68,10 +72,12 @@ class V1Variant:
     text: DistilBertTower
     sort_head: SortHeadConfig
     joint_dim: int  # the projections' output (256 as published)
-    mask_ratio: float  # the published training mask ratio, per tube
+    mask_ratio: float  # the published training mask ratio of transcribed videos, per tube
     init: str  # which released weights the towers start from ('random' for tiny)
     num_frames: int = 16  # frames per training video (4 clips x 4 frames as published)
     act: str = "gelu"  # both towers and the sort head use the exact (erf) GELU
+    # captioned videos and images are not masked (mask_ratio 0: v1/base/base_dataset.py:129, :172)
+    captioned_mask_ratio: float = 0.0
 
     def __post_init__(self):
         v, t = self.video, self.text
