@@ -20,7 +20,7 @@ from typing import Any
 from tvts import config as config_lib
 from tvts.data.pipeline import text_length
 from tvts.models.inputs import num_kept
-from tvts.models.variants import Variant
+from tvts.models.variants import Variant, is_v1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +42,7 @@ def step_shape(config: Any, source: str) -> StepShape:
     """The shape of one update on `source` ('transcribed' or 'captioned') under `config`."""
     variant = config_lib.model_variant(config.model)
     return StepShape(batch=int(config.data[f"{source}_batch"]), frames=int(config.model.num_frames),
-                     kept_patches=num_kept(variant.video.num_patches, config_lib.mask_ratio(config)),
+                     kept_patches=num_kept(variant.video.num_patches, config_lib.mask_ratio(config, source)),
                      num_texts=variant.sort_head.num_clips if source == "transcribed" else 1,
                      text_length=int(text_length(config.data, source)))
 
@@ -78,11 +78,39 @@ def analytic_flops(variant: Variant, batch: int, frames: int, n_keep: int, num_t
             "forward_flops": float(video_blocks + patch + video_proj + text_frozen + text_tuned + sort + contrastive)}
 
 
+def analytic_flops_v1(variant, batch: int, frames: int, n_keep: int, num_texts: int, text_len: int,
+                      remat: str) -> dict[str, float]:
+    """`analytic_flops` for TVTS v1 (`tvts.models.variants_v1`): joint space-time attention over the kept patches of
+    every tube, a DistilBERT text tower trained whole, the video projection on the CLS only, a sort head as wide as
+    the towers. `frames` // tubelet_size tubes (an image is one tube); `n_keep`: patches kept per tube."""
+    v, t, s = variant.video, variant.text, variant.sort_head
+    d, e = v.width, variant.joint_dim
+    tubes = max(frames // v.tubelet_size, 1)
+    length = 1 + tubes * n_keep
+    video_blocks = batch * v.depth * (2 * length * (4 * d * d + 2 * d * v.mlp_dim) + 4 * d * length**2)
+    patch = batch * 2 * tubes * v.num_patches * v.tubelet_size * v.patch_size**2 * 3 * d
+    video_proj = batch * 2 * d * e
+    n_text = batch * num_texts
+    text = n_text * t.depth * (2 * text_len * (4 * t.width**2 + 2 * t.width * t.mlp_dim) + 4 * t.width * text_len**2)
+    text += n_text * 2 * t.width * e
+    sort = 0.0
+    if num_texts > 1:
+        ls = length + num_texts
+        sort = batch * s.depth * (2 * ls * 12 * s.width**2 + 4 * s.width * ls**2)
+    contrastive = 2 * batch * batch * e
+    model = 3 * (video_blocks + video_proj + text + sort + contrastive) + 2 * patch
+    recompute = (video_blocks + text) if remat != "none" else 0.0
+    return {"model_flops": float(model), "model_flops_with_remat": float(model + recompute),
+            "forward_flops": float(video_blocks + patch + video_proj + text + sort + contrastive)}
+
+
 def step_flops(config: Any, source: str) -> dict[str, float]:
     """`analytic_flops` of one update on `source` under `config` (global, all devices together)."""
     shape = step_shape(config, source)
-    return analytic_flops(config_lib.model_variant(config.model), shape.batch, shape.frames, shape.kept_patches,
-                          shape.num_texts, shape.text_length, config.model.remat)
+    variant = config_lib.model_variant(config.model)
+    count = analytic_flops_v1 if is_v1(variant) else analytic_flops
+    return count(variant, shape.batch, shape.frames, shape.kept_patches, shape.num_texts, shape.text_length,
+                 config.model.remat)
 
 
 # Dense bf16 peak per chip by `device_kind` (Cloud TPU documentation: v4 275, v5e 197, v5p 459, v6e 918 TFLOP/s).
