@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tvts.codes import baselines, coder, features, metrics, synthetic
+from tvts.codes import baselines, coder, features, methods, metrics, synthetic
 from tvts.codes import nn as cnn
 
 
@@ -179,25 +179,25 @@ def test_synthetic_features_are_a_function_of_seed_and_hold_the_keys():
 def test_learned_and_random_codes_are_determined_by_the_seed():
     feats = _small(64)
     opts = {"steps": 3, "batch": 16, "dim": 32, "memory": 32}
-    one = coder.train("mecoq", 16, feats, seed=7, progress=False, **opts)
-    two = coder.train("mecoq", 16, feats, seed=7, progress=False, **opts)
-    other = coder.train("mecoq", 16, feats, seed=8, progress=False, **opts)
+    one = methods.train("mecoq", 16, feats, seed=7, progress=False, **opts)
+    two = methods.train("mecoq", 16, feats, seed=7, progress=False, **opts)
+    other = methods.train("mecoq", 16, feats, seed=8, progress=False, **opts)
     assert one.arrays.keys() == two.arrays.keys()
     assert all(np.array_equal(one.arrays[k], two.arrays[k]) for k in one.arrays)
     assert not np.array_equal(one.arrays["codebooks"], other.arrays["codebooks"])
-    np.testing.assert_array_equal(one.database_codes(feats), two.database_codes(feats))
-    lsh = [coder.train("lsh", 32, feats, seed=s, progress=False).arrays["hyperplanes"] for s in (1, 1, 2)]
+    np.testing.assert_array_equal(methods.database_codes(one, feats), methods.database_codes(two, feats))
+    lsh = [methods.train("lsh", 32, feats, seed=s, progress=False).arrays["hyperplanes"] for s in (1, 1, 2)]
     assert np.array_equal(lsh[0], lsh[1]) and not np.array_equal(lsh[0], lsh[2])
 
 
 def test_codes_directory_round_trip(tmp_path):
     feats = _small(300)
-    trained = coder.train("itq", 16, feats, seed=0, progress=False)
+    trained = methods.train("itq", 16, feats, seed=0, progress=False)
     trained.save(str(tmp_path / "itq"))
     loaded = coder.Coder.load(str(tmp_path / "itq"))
     assert (loaded.method, loaded.bits, loaded.kind, loaded.dim) == ("itq", 16, "binary", 256)
-    np.testing.assert_array_equal(loaded.database_codes(feats), trained.database_codes(feats))
-    codes = loaded.database_codes(feats)
+    np.testing.assert_array_equal(methods.database_codes(loaded, feats), methods.database_codes(trained, feats))
+    codes = methods.database_codes(loaded, feats)
     assert codes.shape == (300, 2) and codes.dtype == np.uint8  # 16 bits packed in 2 bytes
 
 
@@ -274,7 +274,7 @@ def test_method_needs_are_checked_before_training(tmp_path):
 def test_queries_of_another_width_are_refused(tmp_path):
     from tvts.codes import evaluate
 
-    trained = coder.train("lsh", 16, _small(50), progress=False)
+    trained = methods.train("lsh", 16, _small(50), progress=False)
     narrow = features.from_arrays({"embeddings": np.ones((5, 8), np.float32), "labels": np.zeros(5, np.int64)},
                                   "narrow.npz")
     with pytest.raises(features.FeatureFileError, match="narrow.npz: query features have width D = 8, but the "
@@ -293,7 +293,7 @@ def test_contrastive_quantisation_beats_lsh_and_itq_on_planted_classes():
     chance = metrics.relevance(queries.labels, database.labels).mean()
     scores = {}
     for method, opts in (("lsh", {}), ("itq", {}), ("mecoq", {"steps": 150})):
-        trained = coder.train(method, 32, train, seed=0, progress=False, **opts)
+        trained = methods.train(method, 32, train, seed=0, progress=False, **opts)
         scores[method] = evaluate.evaluate_coder(trained, queries, database)["mAP@all"]
     assert scores["lsh"] < 3 * chance
     assert scores["mecoq"] > max(scores["lsh"], scores["itq"]) + 0.1, scores

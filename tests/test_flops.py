@@ -62,7 +62,7 @@ def test_masking_shrinks_the_lowered_steps_flops_as_the_analytic_count_says(rati
     from helpers import one_device_setup, tiny_config
 
     from tvts.checkpoint import with_shardings
-    from tvts.data.pipeline import text_length
+    from tvts.data.texts import text_length
     from tvts.step import make_train_step
 
     def lowered_flops(mask):

@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from tvts import config as config_lib
-from tvts.data.pipeline import text_length
+from tvts.data.texts import text_length
 from tvts.models.inputs import num_kept
 from tvts.models.variants import Variant, is_v1
 

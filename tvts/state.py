@@ -95,7 +95,7 @@ def model_init(model: TVTSv2 | TVTSv1, rng: jax.Array, time_init: str = "learnab
 
 
 def preprocess_spec(config) -> PreprocessSpec:
-    from tvts.data.pipeline import data_tokenizer
+    from tvts.data.texts import data_tokenizer
 
     tokenizer, vocab_path = data_tokenizer(config.data)
     return PreprocessSpec(num_frames=config.model.num_frames,

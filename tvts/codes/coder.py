@@ -11,7 +11,6 @@ from __future__ import annotations
 import abc
 import json
 import os
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,23 +33,8 @@ class Coder:
     metric: str | None = None  # quantizers: 'l2' | 'ip'
 
     @property
-    def impl(self) -> Method:
-        from tvts.codes.methods import METHODS
-
-        return METHODS[self.method]
-
-    @property
     def bytes_per_item(self) -> int:
         return self.bits // 8
-
-    def database_codes(self, feats: Features) -> np.ndarray:
-        """Binary: uint8 packed bits [N, bits / 8]; quantizer: uint8 codeword ids [N, M]."""
-        return self.impl.encode(self, feats)
-
-    def queries(self, feats: Features, side: str = "video") -> np.ndarray:
-        """Binary: packed codes as database_codes; quantizer: float32 query vectors for ADC. side='text' encodes
-        the file's texts (cross-view retrieval)."""
-        return self.impl.query(self, feats, side)
 
     @property
     def codebooks(self) -> np.ndarray:
@@ -111,32 +95,11 @@ class Method(abc.ABC):
 
     @abc.abstractmethod
     def encode(self, coder: Coder, feats: Features) -> np.ndarray:
-        """The database codes of `feats` (see Coder.database_codes)."""
+        """Binary: uint8 packed bits [N, bits / 8]; quantizer: uint8 codeword ids [N, M]."""
 
     def query(self, coder: Coder, feats: Features, side: str) -> np.ndarray:
+        """Binary: packed codes as `encode`; quantizer: float32 query vectors for ADC. side='text' encodes the
+        file's texts (cross-view retrieval)."""
         if side == "text":
             raise ValueError(f"{self.name} does not encode texts")
         return self.encode(coder, feats)
-
-
-def train(method: str, bits: int, feats: Features, *, seed: int = 0, progress: bool = True,
-          **options) -> Coder:
-    """Trains `method` at `bits` on `feats`; every input check runs before any training."""
-    from tvts.codes.methods import METHODS
-
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
-    if bits % 8 or bits <= 0:
-        raise ValueError(f"bits={bits} must be a positive multiple of 8 (one byte per codebook)")
-    impl = METHODS[method]
-    unknown = set(options) - set(impl.defaults)
-    if unknown:
-        raise ValueError(f"{method} has no option(s) {sorted(unknown)}; its options: {sorted(impl.defaults)}")
-    opts = {**impl.defaults, **{k: v for k, v in options.items() if v is not None}}
-    impl.check(feats, bits)
-    start = time.perf_counter()
-    arrays, info = impl.fit(feats, bits, seed, opts, progress)
-    seconds = time.perf_counter() - start
-    info = {"options": opts, "seed": seed, "train_file": feats.path, "train_items": len(feats),
-            "seconds": round(seconds, 3), **info}
-    return Coder(method, bits, impl.kind, feats.dim, arrays, info, impl.metric)

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tvts.codes import features, metrics
+from tvts.codes import features, methods, metrics
 from tvts.codes.coder import Coder
 
 
@@ -77,25 +77,25 @@ def evaluate_coder(coder: Coder, queries: features.Features, database: features.
     same = os.path.abspath(queries.path) == os.path.abspath(database.path)
     out = {"method": coder.method, "bits": coder.bits, "kind": coder.kind, "bytes_per_item": coder.bytes_per_item,
            "train_seconds": coder.info.get("seconds"), "train_items": coder.info.get("train_items")}
-    coder.database_codes(database)  # compiles the learned encoders: the timings below are after compilation
+    methods.database_codes(coder, database)  # compiles the learned encoders: the timings below are after compilation
     start = time.perf_counter()
-    db_codes = coder.database_codes(database)
+    db_codes = methods.database_codes(coder, database)
     out["database_encode_ms_per_item"] = 1e3 * (time.perf_counter() - start) / len(database)
     rel = _video_task(queries, database, same)
     if rel is not None:
-        coder.queries(queries, "video")
+        methods.queries(coder, queries, "video")
         start = time.perf_counter()
-        q = coder.queries(queries, "video")
+        q = methods.queries(coder, queries, "video")
         out["encode_ms_per_query"] = 1e3 * (time.perf_counter() - start) / len(queries)
         start = time.perf_counter()
         dist = distances(coder, q, db_codes)
         metrics.rank_order(dist)
         out["search_ms_per_query"] = 1e3 * (time.perf_counter() - start) / len(queries)
         out.update(_scores(dist, rel, same, ap_norm, ties))
-    if queries.texts is not None and coder.impl.text_queries and len(queries) == len(database):
-        coder.queries(queries, "text")
+    if queries.texts is not None and methods.impl(coder).text_queries and len(queries) == len(database):
+        methods.queries(coder, queries, "text")
         start = time.perf_counter()
-        t = coder.queries(queries, "text")
+        t = methods.queries(coder, queries, "text")
         out["t2v_encode_ms_per_query"] = 1e3 * (time.perf_counter() - start) / len(queries)
         out.update({f"t2v/{k}": v for k, v in metrics.recall_metrics(distances(coder, t, db_codes), ties=ties).items()})
     return out

@@ -17,16 +17,15 @@ import os
 import sys
 from collections.abc import Sequence
 
-from tvts.codes import coder, evaluate, features, synthetic
+from tvts.codes import evaluate, features, synthetic
+from tvts.codes import methods as registry
 from tvts.codes.coder import BITS
 
 
 def run(out: str, *, features_dir: str | None = None, methods: Sequence[str] | None = None,
         bits: Sequence[int] = BITS, seed: int = 0, options: dict[str, dict] | None = None,
         progress: bool = True) -> dict[str, dict]:
-    from tvts.codes.methods import METHODS
-
-    methods = list(methods or METHODS)
+    methods = list(methods or registry.METHODS)
     options = options or {}
     if features_dir is None:
         features_dir = os.path.join(out, "features")
@@ -39,7 +38,7 @@ def run(out: str, *, features_dir: str | None = None, methods: Sequence[str] | N
     for method in methods:  # every input check before the first training; a pair the features cannot train is skipped
         for b in bits:
             try:
-                METHODS[method].check(train, b)
+                registry.METHODS[method].check(train, b)
                 runs.append((method, b))
             except features.FeatureFileError as err:
                 skipped.append(f"{method} at {b} bits: {err}")
@@ -50,13 +49,13 @@ def run(out: str, *, features_dir: str | None = None, methods: Sequence[str] | N
         dirs.append(directory)
         if os.path.exists(os.path.join(directory, "codes.json")):
             continue
-        trained = coder.train(method, b, train, seed=seed, progress=progress, **options.get(method, {}))
+        trained = registry.train(method, b, train, seed=seed, progress=progress, **options.get(method, {}))
         trained.save(directory)
         print(f"{method} {b} bits: trained in {trained.info['seconds']:.1f} s", file=sys.stderr)
     results = {"video": evaluate.evaluate(dirs, paths["query"], paths["database"], os.path.join(out, "video"),
                                           title="Video to video (labels)")}
     if features.load(paths["query"]).texts is not None:
-        text_dirs = [d for d in dirs if METHODS[os.path.basename(d).rsplit("_", 1)[0]].text_queries]
+        text_dirs = [d for d in dirs if registry.METHODS[os.path.basename(d).rsplit("_", 1)[0]].text_queries]
         results["text_to_video"] = evaluate.evaluate(text_dirs, paths["query"], paths["query"],
                                                      os.path.join(out, "text_to_video"), title="Text to video")
     with open(os.path.join(out, "summary.md"), "w") as f:
@@ -68,7 +67,6 @@ def run(out: str, *, features_dir: str | None = None, methods: Sequence[str] | N
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    from tvts.codes.methods import METHODS
     from tvts.codes.train import parse_sets
 
     p = argparse.ArgumentParser(prog="python -m tvts.codes.sweep", description=__doc__.split("\n\n")[0],
@@ -76,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--out", required=True)
     p.add_argument("--features", default=None, help="folder with train.npz, query.npz, database.npz "
                    "(default: synthetic features written to OUT/features)")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--methods", nargs="+", default=list(registry.METHODS), choices=list(registry.METHODS))
     p.add_argument("--bits", nargs="+", type=int, default=list(BITS), choices=BITS)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", nargs="*", default=[], metavar="METHOD.KEY=VALUE", help="method options, e.g. "

@@ -14,8 +14,8 @@ import ast
 import sys
 from collections.abc import Sequence
 
-from tvts.codes import coder, features
-from tvts.codes.coder import BITS
+from tvts.codes import features, methods
+from tvts.codes.coder import BITS, Coder
 
 
 def parse_sets(pairs: Sequence[str]) -> dict:
@@ -32,12 +32,10 @@ def parse_sets(pairs: Sequence[str]) -> dict:
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> coder.Coder:
-    from tvts.codes.methods import METHODS
-
+def main(argv: Sequence[str] | None = None) -> Coder:
     p = argparse.ArgumentParser(prog="python -m tvts.codes.train", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", required=True, choices=list(METHODS))
+    p.add_argument("--method", required=True, choices=list(methods.METHODS))
     p.add_argument("--bits", required=True, type=int, choices=BITS)
     p.add_argument("--features", required=True, help="training feature file (.npz)")
     p.add_argument("--out", required=True, help="codes directory to write")
@@ -49,12 +47,12 @@ def main(argv: Sequence[str] | None = None) -> coder.Coder:
 
     options = parse_sets(args.set)
     if args.steps is not None:
-        if not METHODS[args.method].learned:
+        if not methods.METHODS[args.method].learned:
             raise SystemExit(f"--steps: {args.method} is not trained by gradient steps")
         options["steps"] = args.steps
     try:
         feats = features.load(args.features)
-        trained = coder.train(args.method, args.bits, feats, seed=args.seed, progress=not args.quiet, **options)
+        trained = methods.train(args.method, args.bits, feats, seed=args.seed, progress=not args.quiet, **options)
     except features.FeatureFileError as err:
         raise SystemExit(f"error: {err}") from None
     trained.save(args.out)

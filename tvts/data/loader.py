@@ -344,7 +344,7 @@ def make_tfds_sources(data_cfg, image_size: int, num_frames: int, process_index:
                       seed: int = 0, data: Mapping[str, Sequence] | None = None) -> dict[str, FileSource]:
     """The sources of ``data_cfg.sources`` read from ``data_cfg.tfds_data_dir`` (`TFDS_NAMES`, split 'train').
     ``data`` replaces the TFDS readers by other random-access sources (tests)."""
-    from tvts.data.pipeline import data_tokenizer, text_length
+    from tvts.data.texts import data_tokenizer, text_length
 
     tokenizer = data_tokenizer(data_cfg)
     workers = resolve_workers(data_cfg.num_workers)

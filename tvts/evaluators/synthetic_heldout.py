@@ -16,8 +16,9 @@ from __future__ import annotations
 import numpy as np
 from etils import epath
 
-from tvts.data.pipeline import synthetic_config, text_length
+from tvts.data.pipeline import synthetic_config
 from tvts.data.synthetic import SyntheticCorpus
+from tvts.data.texts import text_length
 from tvts.data.tokenizer import tokenizer_for_spec
 from tvts.evaluators.common import Evaluator
 from tvts.evaluators.linear_probe import linear_probe
