@@ -87,4 +87,5 @@ def make_train_step(setup: Setup, kind: str) -> Callable:
             return compiled[program](state, batch, rng)
 
     run.jitted_for = jitted_for
+    run.compiled = compiled  # jitted program -> its compiled executable (tools.bench reads their HLO)
     return run
