@@ -45,7 +45,6 @@ def variant_with(name: str, text_num_frozen: int | None) -> Variant:
 
 
 def convert_command(args) -> None:
-    from tvts.checkpoint import save_params
     from tvts.convert.io import load_state_dict
 
     variant = variant_with(args.variant, args.text_num_frozen)
@@ -53,30 +52,18 @@ def convert_command(args) -> None:
     state_dict = load_state_dict(args.checkpoint)
     conversion = source_module(args.source).convert(state_dict, variant, source=os.path.basename(args.checkpoint))
     del state_dict
-    converted = time.perf_counter()
-    metadata = {
-        "source": args.source, "checkpoint": os.path.abspath(args.checkpoint), "variant": variant.name,
-        "text_num_frozen": variant.text.num_frozen,
-        "conversion": f"python -m tvts.convert {args.source} --variant {variant.name} "
-                      f"--text_num_frozen {variant.text.num_frozen}",
-        "initialised": conversion.initialised, "dropped": conversion.dropped, "resampled": conversion.resampled,
-        "source_dtypes": conversion.source_dtypes,
-    }
-    save_params(args.out, conversion.params, metadata)
-    log.info("wrote %s (convert %.1f s, save %.1f s)", args.out, converted - start, time.perf_counter() - converted)
+    save_conversion(args, conversion, os.path.abspath(args.checkpoint),
+                    f"python -m tvts.convert {args.source} --variant {variant.name} "
+                    f"--text_num_frozen {variant.text.num_frozen}", start,
+                    text_num_frozen=variant.text.num_frozen)
 
 
 def to_tvtsv2_command(args) -> None:
-    from tvts.checkpoint import read_meta, read_params
+    from tvts.checkpoint import read_params
     from tvts.convert import tvtsv2
     from tvts.convert.io import write_safetensors
 
-    if not args.out.endswith(".safetensors"):
-        raise SystemExit(f"--out {args.out}: write a .safetensors file")
-    meta = read_meta(args.directory)
-    name = args.variant or meta.get("variant") or _run_variant(args.directory)
-    if not name:
-        raise SystemExit(f"{args.directory} does not say its variant: pass --variant")
+    name = directory_variant(args)
     params = read_params(args.directory)
     frozen = params.get("text", {}).get("frozen_blocks")
     num_frozen = next(iter(_leaves(frozen))).shape[0] if frozen else 0
@@ -86,13 +73,14 @@ def to_tvtsv2_command(args) -> None:
     log.info("wrote %d tensors to %s", len(tensors), args.out)
 
 
-def _save_v1(args, conversion, checkpoint: str, command: str, start: float) -> None:
+def save_conversion(args, conversion, checkpoint: str, command: str, start: float, **extra) -> None:
+    """The converted params and what made them (source, checkpoint, the command, what was initialised) in args.out."""
     from tvts.checkpoint import save_params
 
     converted = time.perf_counter()
     metadata = {
-        "source": args.source, "checkpoint": checkpoint, "variant": conversion.variant.name,
-        "conversion": f"{command} --variant {conversion.variant.name}",
+        "source": args.source, "checkpoint": checkpoint, "variant": conversion.variant.name, **extra,
+        "conversion": command,
         "initialised": conversion.initialised, "dropped": conversion.dropped, "resampled": conversion.resampled,
         "source_dtypes": conversion.source_dtypes,
     }
@@ -100,12 +88,25 @@ def _save_v1(args, conversion, checkpoint: str, command: str, start: float) -> N
     log.info("wrote %s (convert %.1f s, save %.1f s)", args.out, converted - start, time.perf_counter() - converted)
 
 
+def directory_variant(args) -> str:
+    """The variant a params directory was written for: --variant, else its metadata, else its run's config."""
+    from tvts.checkpoint import read_meta
+
+    if not args.out.endswith(".safetensors"):
+        raise SystemExit(f"--out {args.out}: write a .safetensors file")
+    name = args.variant or read_meta(args.directory).get("variant") or _run_variant(args.directory)
+    if not name:
+        raise SystemExit(f"{args.directory} does not say its variant: pass --variant")
+    return name
+
+
 def convert_v1_command(args) -> None:
     import importlib
 
     start = time.perf_counter()
     conversion = importlib.import_module(f"tvts.convert.{args.source}").convert_file(args.checkpoint, args.variant)
-    _save_v1(args, conversion, os.path.abspath(args.checkpoint), f"python -m tvts.convert {args.source}", start)
+    save_conversion(args, conversion, os.path.abspath(args.checkpoint),
+                    f"python -m tvts.convert {args.source} --variant {conversion.variant.name}", start)
 
 
 def v1_init_command(args) -> None:
@@ -113,21 +114,16 @@ def v1_init_command(args) -> None:
 
     start = time.perf_counter()
     conversion = tvts_v1.published_init_files(args.mae, args.distilbert, args.variant)
-    _save_v1(args, conversion, f"{os.path.abspath(args.mae)} + {os.path.abspath(args.distilbert)}",
-             "python -m tvts.convert v1_init", start)
+    save_conversion(args, conversion, f"{os.path.abspath(args.mae)} + {os.path.abspath(args.distilbert)}",
+                    f"python -m tvts.convert v1_init --variant {conversion.variant.name}", start)
 
 
 def to_tvts_v1_command(args) -> None:
-    from tvts.checkpoint import read_meta, read_params
+    from tvts.checkpoint import read_params
     from tvts.convert import tvts_v1
     from tvts.convert.io import write_safetensors
 
-    if not args.out.endswith(".safetensors"):
-        raise SystemExit(f"--out {args.out}: write a .safetensors file")
-    meta = read_meta(args.directory)
-    name = args.variant or meta.get("variant") or _run_variant(args.directory)
-    if not name:
-        raise SystemExit(f"{args.directory} does not say its variant: pass --variant")
+    name = directory_variant(args)
     tensors = tvts_v1.from_params(read_params(args.directory), name, contiguous=False)
     write_safetensors(args.out, tensors, {"format": "pt", "tvts_variant": name})
     log.info("wrote %d tensors to %s", len(tensors), args.out)

@@ -327,3 +327,15 @@ def invert(params: Mapping[str, Any], variant: Variant, rules: list[Rule]) -> di
             value = np.asarray(flat[r.target])
             out[r.source] = to_torch(r.layout, value if r.layer is None else value[r.layer])
     return out
+
+
+def official_tensors(params: Mapping[str, Any], variant, rules: list[Rule], sort_head_prefix: str,
+                     contiguous: bool = True) -> dict[str, np.ndarray]:
+    """`invert` checked for completeness, in the rules' (official) order: the sort head's tensors only when `params`
+    has the sort head; every other official tensor must be there. contiguous=False returns views of `params`."""
+    out = invert(params, variant, rules)
+    needed = [r.source for r in rules if not r.source.startswith(sort_head_prefix) or "sort_head" in params]
+    missing = [s for s in needed if s not in out]
+    if missing:
+        raise ValueError(f"from_params: parameters missing for {len(missing)} official tensors: {', '.join(missing)}")
+    return {k: np.ascontiguousarray(out[k]) if contiguous else out[k] for k in needed}

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from tvts.convert import distilbert, mae
-from tvts.convert.names import Conversion, Rule, collapse, invert, resolve_variant, target_shapes
+from tvts.convert.names import Conversion, Rule, collapse, official_tensors, resolve_variant, target_shapes
 from tvts.convert.names import convert as run_rules
 from tvts.convert.openai_clip import attention, layer_norm, mlp
 from tvts.models.variants_v1 import V1Variant
@@ -85,13 +85,7 @@ def from_params(params: Mapping[str, Any], variant: str | V1Variant, contiguous:
     order: `pred_model.*` only when `params` has the sort head; every other parameter must be there. contiguous=False
     returns views of `params` (`tvts.convert.io.write_safetensors` copies one tensor at a time)."""
     v = _v1(variant)
-    all_rules = rules(v)
-    out = invert(params, v, all_rules)
-    needed = [r.source for r in all_rules if not r.source.startswith(SORT_HEAD) or "sort_head" in params]
-    missing = [s for s in needed if s not in out]
-    if missing:
-        raise ValueError(f"from_params: parameters missing for {len(missing)} official tensors: {', '.join(missing)}")
-    return {k: np.ascontiguousarray(out[k]) if contiguous else out[k] for k in needed}
+    return official_tensors(params, v, rules(v), SORT_HEAD, contiguous)
 
 
 def published_init(mae_state_dict: Mapping[str, np.ndarray], distilbert_state_dict: Mapping[str, np.ndarray],

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from tvts.convert.names import Conversion, Rule, invert, resolve_variant, text_block_target
+from tvts.convert.names import Conversion, Rule, official_tensors, resolve_variant, text_block_target
 from tvts.convert.names import convert as run_rules
 from tvts.convert.openai_clip import attention, clip_block, layer_norm, mlp
 from tvts.models.variants import Variant
@@ -84,10 +84,4 @@ def from_params(params: Mapping[str, Any], variant: str | Variant, contiguous: b
     there. contiguous=False returns views of `params` (no copy; `tvts.convert.io.write_safetensors` copies one at a
     time)."""
     v = resolve_variant(variant)
-    all_rules = rules(v)
-    out = invert(params, v, all_rules)
-    needed = [r.source for r in all_rules if not r.source.startswith(SORT_HEAD) or "sort_head" in params]
-    missing = [s for s in needed if s not in out]
-    if missing:
-        raise ValueError(f"from_params: parameters missing for {len(missing)} official tensors: {', '.join(missing)}")
-    return {k: np.ascontiguousarray(out[k]) if contiguous else out[k] for k in needed}
+    return official_tensors(params, v, rules(v), SORT_HEAD, contiguous)
