@@ -7,7 +7,7 @@ setup(
     description="TVTSv2 video-text pretraining at TPU-pod scale, in JAX/Flax",
     python_requires=">=3.11",
     packages=find_packages(include=["tvts", "tvts.*"]),
-    package_data={"tvts.data": ["vocab/*"]},
+    package_data={"tvts.data": ["vocab/*"], "tvts.data.builders": ["classes/*.txt"]},
     install_requires=[
         "jax>=0.10,<0.11",
         "flax>=0.12,<0.13",

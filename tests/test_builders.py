@@ -56,7 +56,7 @@ def built(tmp_path_factory):
     """Every dataset's fixture written and built once: {name: (manual_dir, data_dir, truth, reports)}."""
     root = tmp_path_factory.mktemp('builders')
     out = {}
-    for name in (*PLAIN, 'ucf101', 'hmdb51'):
+    for name in (*PLAIN, 'ucf101', 'hmdb51', 'kinetics400', 'ssv2'):
         manual, data_dir = str(root / 'manual' / name), str(root / 'out')
         truth = fixtures.write(name, manual)
         configs = [c.name for c in BUILDERS[name].BUILDER_CONFIGS] or [None]
@@ -115,6 +115,78 @@ def test_classification_configs(built, name):
     # the three configs partition the same videos differently
     sets = [set(truth[f'split{k}']['test']) for k in (1, 2, 3)]
     assert sets[0] != sets[1] != sets[2]
+
+
+def test_kinetics400_and_ssv2_read_their_fixtures(built):
+    manual, data_dir, truth, (report,) = built['kinetics400']
+    assert report['splits'] == {s: len(v) for s, v in truth.items()} and _skipped(report) == []
+    label = tfds.builder('kinetics400', data_dir=data_dir).info.features['label']
+    assert label.num_classes == 400 and (label.names[0], label.names[-1]) == ('abseiling', 'zumba')
+    for split, expected in truth.items():
+        got = _read_all('kinetics400', data_dir, split)
+        assert sorted(got) == sorted(expected)
+        for vid, want in expected.items():   # 'hurling_-sport-' in the val CSV is the class 'hurling (sport)'
+            assert label.int2str(int(got[vid]['label'])) == want['label']
+            assert _s(got[vid]['format']) == want['format']
+            with open(os.path.join(manual, want['path']), 'rb') as f:
+                assert got[vid]['video'] == f.read()
+
+    manual, data_dir, truth, reports = built['ssv2']
+    assert [r['config'] for r in reports] == ['labels', 'mc']
+    label = tfds.builder('ssv2/labels', data_dir=data_dir).info.features['label']
+    assert label.num_classes == 174 and label.names[0] == 'Approaching something with your camera'
+    for report in reports:
+        config = report['config']
+        assert report['splits'] == {s: len(v) for s, v in truth[config].items()} and _skipped(report) == []
+        for split, expected in truth[config].items():
+            got = _read_all(f'ssv2/{config}', data_dir, split)
+            assert sorted(got) == sorted(expected)
+            for vid, want in expected.items():
+                ex = got[vid]
+                assert _s(ex['format']) == 'webm'
+                if config == 'labels':
+                    assert label.int2str(int(ex['label'])) == want['label']
+                    assert (_s(ex['caption']), _s(ex['template'])) == (want['caption'], want['template'])
+                else:
+                    assert [_s(o) for o in ex['options']] == want['options'] and int(ex['answer']) == want['answer']
+
+
+def test_kinetics400_and_ssv2_bad_inputs(tmp_path):
+    manual, out = str(tmp_path / 'k400'), str(tmp_path / 'out')
+    truth = fixtures.write_kinetics400(manual)
+    csv_path = os.path.join(manual, 'annotations', 'val.csv')
+    _append_csv(csv_path, ['not a class', 'zzzzzzzzzzz', '0', '10', 'val', '0'])
+    _append_csv(csv_path, ['zumba', 'missing1234', '0', '10', 'val', '0'])
+    _append_csv(csv_path, ['zumba', 'badtime', 'x', '10', 'val', '0'])
+    _append_csv(csv_path, ['zumba', 'INVALID', '0', '10', 'val', '0'], encoding_error=True)
+    report = build_cli.build('kinetics400', manual, out, verbose=False)
+    assert _reasons(_skipped(report)) == {
+        'annotations/val.csv:8': 'unknown class', 'val/missing1234_000000_000010.mp4': 'missing file',
+        'annotations/val.csv:10': 'malformed row', 'annotations/val.csv:11': 'invalid UTF-8'}
+    assert report['splits'] == {s: len(v) for s, v in truth.items()}
+    os.remove(os.path.join(manual, 'annotations', 'train.csv'))
+    with pytest.raises(ManualDirError, match='lacks annotations/train.csv'):
+        build_cli.build('kinetics400', manual, str(tmp_path / 'out2'), verbose=False)
+
+    manual = str(tmp_path / 'ssv2')
+    truth = fixtures.write_ssv2(manual)
+    with open(os.path.join(manual, 'mc', 'val.jsonl'), 'a') as f:
+        f.write('not json\n')
+        f.write(json.dumps({'clip_name': '1.webm', 'options': ['a', 'b'], 'answer': 2}) + '\n')
+        f.write(json.dumps({'clip_name': 'nowhere.webm', 'options': ['a', 'b'], 'answer': 1}) + '\n')
+    entries = json.load(open(os.path.join(manual, 'labels', 'validation.json')))
+    entries += [{'id': '77', 'label': 'x', 'template': 'Juggling [something]', 'placeholders': ['x']},
+                {'label': 'no id', 'template': 'Pushing [something] from left to right'}]
+    json.dump(entries, open(os.path.join(manual, 'labels', 'validation.json'), 'w'))
+    labels, mc = (build_cli.build('ssv2', manual, out, c, verbose=False) for c in ('labels', 'mc'))
+    assert _reasons(_skipped(labels)) == {'labels/validation.json[6]': 'unknown class',
+                                          'labels/validation.json[7]': 'malformed annotation'}
+    assert _reasons(_skipped(mc)) == {'mc/val.jsonl:7': 'malformed row', 'mc/val.jsonl:8': 'malformed row',
+                                      '20bn-something-something-v2/nowhere.webm': 'missing file'}
+    assert mc['splits'] == {'validation': len(truth['mc']['validation'])}
+    json.dump({'Only one class': '0'}, open(os.path.join(manual, 'labels', 'labels.json'), 'w'))
+    with pytest.raises(ManualDirError, match='174 Something-Something v2 templates'):
+        build_cli.build('ssv2', manual, str(tmp_path / 'out3'), 'labels', verbose=False)
 
 
 def test_builder_from_directory_reads_without_the_code(built):
@@ -454,3 +526,20 @@ def test_fixture_layout_quirks(tmp_path):
     text = open(os.path.join(root, 'webvid', 'results_2M_train.csv')).read()
     assert text.startswith('videoid,contentUrl,duration,page_dir,name\n') and '""synthetic""' in text
     shutil.rmtree(root)
+
+
+def test_event_classes_show_their_sequence():
+    """Synthetic benchmark classes: every video of a class shows its 4 events (each rendered anew); the
+    multiple-choice options are the sequence's caption (at `answer`) and captions of re-orderings of it."""
+    classes = fixtures.EventClasses(3)
+    assert len(set(classes.events)) == 3
+    for slot in range(3):
+        a, b = classes(slot, 10), classes(slot, 11)
+        for v in (a, b):
+            assert tuple((e.shape, e.colour, e.motion) for e in v.events) == classes.events[slot]
+        assert [e.p0 for e in a.events] != [e.p0 for e in b.events]
+        options, answer = classes.options(slot)
+        assert len(set(options)) == 5 and options[answer] == classes.phrase(slot)
+        words = sorted(classes.phrase(slot).replace(',', ' ').split())
+        for k, text in enumerate(options):   # the same events and words, in another order
+            assert sorted(text.replace(',', ' ').split()) == words or k == answer

@@ -3,9 +3,10 @@
     python -m tvts.data.build NAME --manual_dir DIR --data_dir OUT [--config split2] [--check quick|full]
                                    [--workers N] [--overwrite]
 
-NAME: yttemporal, webvid, msrvtt, didemo, lsmdc, ucf101, hmdb51 (ucf101 / hmdb51 build split1, split2 and split3
-unless --config names one). Writes OUT/NAME[/CONFIG]/1.0.0/ (ArrayRecord shards, dataset_info.json,
-skipped.json) and prints, at the end, each split's examples and the skipped samples counted by reason. Read the
+NAME: yttemporal, webvid, msrvtt, didemo, lsmdc, ucf101, hmdb51, kinetics400, ssv2 (ucf101 / hmdb51 build split1,
+split2 and split3, ssv2 builds labels and mc, unless --config names one). Writes OUT/NAME[/CONFIG]/1.0.0/
+(ArrayRecord shards, dataset_info.json, skipped.json) and prints, at the end, each split's examples and the skipped
+samples counted by reason. Read the
 result with ``tfds.data_source(NAME, split=..., data_dir=OUT)`` after ``import tvts.data.builders``, or
 ``tfds.builder_from_directory(OUT/NAME/1.0.0).as_data_source(split)`` without it.
 
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument('--manual_dir', required=True, help='the dataset in its distributed layout')
     p.add_argument('--data_dir', required=True, help='where TFDS datasets are written (OUT/NAME/...)')
     p.add_argument('--config', default=None, help='builder config (ucf101, hmdb51: split1, split2, split3; '
-                                                  'default all three)')
+                                                  'ssv2: labels, mc; default all)')
     p.add_argument('--check', default='quick', choices=('quick', 'full'),
                    help='video check: quick = demux all packets, decode first frame and last GOP; '
                         'full = decode every frame')

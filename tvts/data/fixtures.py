@@ -1,10 +1,11 @@
 """Small manual directories of every dataset the TFDS builders read, written from the synthetic corpus in exactly
 the dataset's distributed layout (tvts/data/builders/*.py describe the layouts).
 
-    python -m tvts.data.fixtures NAME DIR       # NAME: yttemporal, webvid, msrvtt, didemo, lsmdc, ucf101, hmdb51
+    python -m tvts.data.fixtures NAME DIR   # NAME: yttemporal, webvid, msrvtt, didemo, lsmdc, ucf101, hmdb51,
+                                            #       kinetics400, ssv2
 
 ``write(NAME, root)`` returns the *truth*: ``{split: {id: expected fields}}`` (``{config: {split: {...}}}`` for
-ucf101 / hmdb51), what the built dataset must hold. Videos are 32 px synthetic videos (``tvts.data.synthetic``)
+ucf101 / hmdb51 / ssv2), what the built dataset must hold. Videos are 32 px synthetic videos (``tvts.data.synthetic``)
 at 8 fps, 15-30 s long; the layouts' quirks are written on purpose: CRLF line endings in UCF101's lists, trailing
 spaces in HMDB51's split files, quoted captions (commas, double quotes) in WebVid's CSV, interleaved entries in
 the MSR-VTT and DiDeMo JSON, several containers (mp4, avi, webm, mkv, mov).
@@ -19,11 +20,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from tvts.data import synthetic_files, transcripts
 from tvts.data.synthetic import SyntheticConfig, SyntheticCorpus, SyntheticVideo
 
 __all__ = ['FPS', 'write', 'WRITERS', 'write_yttemporal', 'write_webvid', 'write_msrvtt', 'write_didemo',
-           'write_lsmdc', 'write_ucf101', 'write_hmdb51', 'UCF_CLASSES', 'HMDB_CLASSES', 'short_video']
+           'write_lsmdc', 'write_ucf101', 'write_hmdb51', 'write_kinetics400', 'write_ssv2', 'UCF_CLASSES',
+           'HMDB_CLASSES', 'K400_CLASSES', 'SSV2_CLASSES', 'short_video', 'drawn_videos', 'EventClasses']
 
 FPS = 8.0
 Truth = dict[str, Any]
@@ -205,27 +209,76 @@ def write_lsmdc(root: str, sizes: dict[str, int] | None = None, config: Syntheti
 
 # -- classification ------------------------------------------------------------------------------------------
 
+# The classification writers take `videos(class_slot, index) -> SyntheticVideo`: by default an ordinary draw of
+# the corpus (content unrelated to the class: the builders' tests need only the layout), or `EventClasses`, whose
+# classes are event sequences (synthetic benchmarks: a trained model can tell the classes apart).
+VideoFor = Callable[[int, int], SyntheticVideo]
+
+
+def drawn_videos(config: SyntheticConfig = SyntheticConfig()) -> VideoFor:
+    corpus = SyntheticCorpus(config, 'test')
+    return lambda _slot, index: corpus.video(index, 'captioned')
+
+
+class EventClasses:
+    """Classes whose videos all show one 4-event sequence (held-out 'test' content), each video a new rendering
+    (positions, sizes, colour jitter, background, clip length). ``phrase(c)`` is a caption of class c's sequence;
+    ``options(c, k)`` are captions of the sequence and of k - 1 re-orderings of it (multiple choice that only the
+    order of the events decides)."""
+
+    def __init__(self, num_classes: int, config: SyntheticConfig = SyntheticConfig()):
+        self.corpus = SyntheticCorpus(config, 'test')
+        self.events: list[tuple[tuple[int, int, int], ...]] = []
+        index = 60_000
+        while len(self.events) < num_classes:
+            seq = tuple((e.shape, e.colour, e.motion) for e in self.corpus.video(index, 'captioned').events)
+            index += 1
+            if seq not in self.events:
+                self.events.append(seq)
+
+    def __call__(self, slot: int, index: int) -> SyntheticVideo:
+        return self.corpus.video(index, 'captioned', events=self.events[slot])
+
+    def phrase(self, slot: int) -> str:
+        return self(slot, 59_000).caption
+
+    def options(self, slot: int, k: int = 5) -> tuple[list[str], int]:
+        """(k captions, the index of the right one): the sequence and k - 1 distinct re-orderings of it."""
+        import itertools
+
+        seq = self.events[slot]
+        perms = [p for p in itertools.permutations(seq) if p != seq and len(set(p)) == len(p)]
+        rng = np.random.default_rng(slot)
+        chosen = [perms[i] for i in rng.permutation(len(perms))[:k - 1]]
+        answer = int(rng.integers(k))
+        chosen.insert(answer, seq)
+        return [self.corpus.video(59_000, 'captioned', events=e).caption for e in chosen], answer
+
+
 # (class as in classInd, its spelling in file names): UCF101's HandstandPushups files are v_HandStandPushups_*
 UCF_CLASSES = (('ApplyEyeMakeup', 'ApplyEyeMakeup'), ('Archery', 'Archery'),
                ('HandstandPushups', 'HandStandPushups'), ('YoYo', 'YoYo'))
 UCF_GROUPS = (1, 8, 15, 22)        # test groups: split1 g01-g07, split2 g08-g14, split3 g15-g21
 
 
-def write_ucf101(root: str, config: SyntheticConfig = SyntheticConfig()) -> Truth:
-    """UCF-101/<Class>/v_<Class>_gXX_cYY.avi + ucfTrainTestlist/ (CRLF line endings, as distributed)."""
+def write_ucf101(root: str, config: SyntheticConfig = SyntheticConfig(), videos: VideoFor | None = None,
+                 clips_per_group: int = 1) -> Truth:
+    """UCF-101/<Class>/v_<Class>_gXX_cYY.avi + ucfTrainTestlist/ (CRLF line endings, as distributed); class slots
+    follow UCF_CLASSES."""
     from tvts.data.builders.ucf101 import CLASSES
     lists = os.path.join(root, 'ucfTrainTestlist')
     os.makedirs(lists, exist_ok=True)
     with open(os.path.join(lists, 'classInd.txt'), 'w', newline='') as f:
         f.write(''.join(f'{i + 1} {c}\r\n' for i, c in enumerate(CLASSES)))
-    corpus = SyntheticCorpus(config, 'test')
+    videos = videos or drawn_videos(config)
     files = []
     for c, (cls, spelled) in enumerate(UCF_CLASSES):
         for g in UCF_GROUPS:
-            rel = f'{cls}/v_{spelled}_g{g:02d}_c{c + 1:02d}.avi'
-            v = corpus.video(100 * c + g, 'captioned')
-            synthetic_files.write_video_file(v, os.path.join(root, 'UCF-101', rel), FPS)
-            files.append((cls, g, rel))
+            for k in range(clips_per_group):
+                rel = f'{cls}/v_{spelled}_g{g:02d}_c{c + 1 + 4 * k:02d}.avi'
+                synthetic_files.write_video_file(videos(c, 100 * c + g + 1000 * k), os.path.join(root, 'UCF-101', rel),
+                                                 FPS)
+                files.append((cls, g, rel))
     truth: Truth = {}
     for k in (1, 2, 3):
         test_groups = range(7 * (k - 1) + 1, 7 * k + 1)
@@ -246,22 +299,24 @@ HMDB_CLASSES = ('brush_hair', 'cartwheel', 'wave')
 _HMDB_VIDEOS = 4
 
 
-def write_hmdb51(root: str, config: SyntheticConfig = SyntheticConfig()) -> Truth:
-    """videos/<class>/<name>.avi + splits/<class>_test_split{1,2,3}.txt ("<name> <flag> " lines)."""
-    corpus = SyntheticCorpus(config, 'test')
+def write_hmdb51(root: str, config: SyntheticConfig = SyntheticConfig(), videos: VideoFor | None = None,
+                 per_class: int = _HMDB_VIDEOS) -> Truth:
+    """videos/<class>/<name>.avi + splits/<class>_test_split{1,2,3}.txt ("<name> <flag> " lines); split k tests
+    every video i with i % 4 == k - 1, leaves out those with i % 4 == k % 4, trains on the rest."""
+    videos = videos or drawn_videos(config)
     truth: Truth = {f'split{k}': {'train': {}, 'test': {}} for k in (1, 2, 3)}
     os.makedirs(os.path.join(root, 'splits'), exist_ok=True)
     for c, cls in enumerate(HMDB_CLASSES):
         names = []
-        for i in range(_HMDB_VIDEOS):
+        for i in range(per_class):
             name = f'Synthetic_Clip_{i}_{cls}_f_cm_np1_ri_med_{i}.avi'
-            v = corpus.video(1000 + 10 * c + i, 'captioned')
-            synthetic_files.write_video_file(v, os.path.join(root, 'videos', cls, name), FPS)
+            synthetic_files.write_video_file(videos(c, 1000 + 10 * c + i + 100 * (i // 10)),
+                                             os.path.join(root, 'videos', cls, name), FPS)
             names.append(name)
         for k in (1, 2, 3):
             lines = []
             for i, name in enumerate(names):
-                flag = 2 if i == k - 1 else (0 if i == k % _HMDB_VIDEOS else 1)
+                flag = 2 if i % 4 == k - 1 else (0 if i % 4 == k % 4 else 1)
                 lines.append(f'{name} {flag} \n')              # the original's trailing space
                 if flag:
                     split = 'train' if flag == 1 else 'test'
@@ -272,9 +327,96 @@ def write_hmdb51(root: str, config: SyntheticConfig = SyntheticConfig()) -> Trut
     return truth
 
 
+K400_CLASSES = ('abseiling', 'hurling (sport)', 'zumba')      # a class with parentheses, written as a folder name
+_K400_ID = 'aB3-x_{:07d}'                                        # YouTube ids hold '-' and '_'
+
+
+def write_kinetics400(root: str, config: SyntheticConfig = SyntheticConfig(), videos: VideoFor | None = None,
+                      classes: tuple[str, ...] = K400_CLASSES, sizes: dict[str, int] | None = None) -> Truth:
+    """annotations/{train,val}.csv (CVDF: label,youtube_id,time_start,time_end,split,is_cc) + train/<id>_<s>_<e>.mp4
+    (flat) and val/<label as a folder>/<id>_<s>_<e>.<mp4|mkv> (per class). The val CSV spells the last class as its
+    folder name (``hurling_-sport-``)."""
+    videos = videos or drawn_videos(config)
+    sizes = sizes or {'train': 3, 'val': 2}
+    truth: Truth = {}
+    os.makedirs(os.path.join(root, 'annotations'), exist_ok=True)
+    n = 0
+    for split, per_class in sizes.items():
+        truth[split], rows = {}, []
+        for c, label in enumerate(classes):
+            folder = label.replace(' ', '_').replace('(', '-').replace(')', '-')
+            for i in range(per_class):
+                start = 10 * (n % 30)
+                stem = f'{_K400_ID.format(n)}_{start:06d}_{start + 10:06d}'
+                ext = 'mkv' if split == 'val' and i == 1 else 'mp4'
+                path = f'train/{stem}.{ext}' if split == 'train' else f'val/{folder}/{stem}.{ext}'
+                synthetic_files.write_video_file(videos(c, 3000 + n), os.path.join(root, path), FPS)
+                spelled = folder if split == 'val' and c == len(classes) - 1 else label
+                rows.append([spelled, _K400_ID.format(n), start, start + 10, split, 0])
+                truth[split][stem] = {'label': label, 'path': path, 'format': ext}
+                n += 1
+        with open(os.path.join(root, 'annotations', f'{split}.csv'), 'w', newline='') as f:
+            w = csv.writer(f)
+            w.writerow(['label', 'youtube_id', 'time_start', 'time_end', 'split', 'is_cc'])
+            w.writerows(rows)
+    return truth
+
+
+SSV2_CLASSES = ('Pushing something from left to right', 'Pushing something from right to left',
+                'Putting something next to something')
+
+
+def write_ssv2(root: str, config: SyntheticConfig = SyntheticConfig(), videos: VideoFor | None = None,
+               classes: tuple[str, ...] = SSV2_CLASSES, sizes: dict[str, int] | None = None,
+               options: Callable[[int], tuple[list[str], int]] | None = None) -> Truth:
+    """labels/{labels,train,validation}.json + 20bn-something-something-v2/<id>.webm + mc/val.jsonl (one line per
+    validation video). ``options(class slot) -> (texts, answer)`` gives the multiple-choice options (default: the
+    video's label and the other classes' labels). Truth: {'labels': {split: ...}, 'mc': {'validation': ...}}."""
+    from tvts.data.builders.ssv2 import CLASSES
+    videos = videos or drawn_videos(config)
+    sizes = sizes or {'train': 2, 'validation': 2}
+    os.makedirs(os.path.join(root, 'labels'), exist_ok=True)
+    with open(os.path.join(root, 'labels', 'labels.json'), 'w') as f:
+        json.dump({c: str(i) for i, c in enumerate(CLASSES)}, f, indent=1)
+    objects = ('red circle', 'blue square', 'green triangle', 'yellow cross')
+    truth: Truth = {'labels': {}, 'mc': {'validation': {}}}
+    n, mc_lines = 0, []
+    for split, per_class in sizes.items():
+        truth['labels'][split], entries = {}, []
+        for c, cls in enumerate(classes):
+            for _ in range(per_class):
+                vid = str(100_000 + 7 * n)
+                v = videos(c, 4000 + n)
+                path = f'20bn-something-something-v2/{vid}.webm'
+                synthetic_files.write_video_file(v, os.path.join(root, path), FPS)
+                placeholders = [objects[(n + j) % 4] for j in range(cls.count('something'))]
+                template = cls.replace('something', '[something]')
+                label = template
+                for obj in placeholders:
+                    label = label.replace('[something]', obj, 1)
+                label = label[0].lower() + label[1:]
+                entries.append({'id': vid, 'label': label, 'template': template, 'placeholders': placeholders})
+                truth['labels'][split][vid] = {'label': cls, 'caption': label, 'template': template, 'path': path,
+                                              'format': 'webm'}
+                if split == 'validation':
+                    texts, answer = options(c) if options else (
+                        [label] + [o for o in classes if o != cls], 0)
+                    mc_lines.append({'clip_name': f'{vid}.webm', 'options': texts, 'answer': answer})
+                    truth['mc']['validation'][vid] = {'options': texts, 'answer': answer, 'path': path,
+                                                      'format': 'webm'}
+                n += 1
+        with open(os.path.join(root, 'labels', f'{split}.json'), 'w') as f:
+            json.dump(entries, f)
+    os.makedirs(os.path.join(root, 'mc'), exist_ok=True)
+    with open(os.path.join(root, 'mc', 'val.jsonl'), 'w') as f:
+        f.write(''.join(json.dumps(line) + '\n' for line in mc_lines))
+    return truth
+
+
 WRITERS: dict[str, Callable[..., Truth]] = {
     'yttemporal': write_yttemporal, 'webvid': write_webvid, 'msrvtt': write_msrvtt, 'didemo': write_didemo,
-    'lsmdc': write_lsmdc, 'ucf101': write_ucf101, 'hmdb51': write_hmdb51,
+    'lsmdc': write_lsmdc, 'ucf101': write_ucf101, 'hmdb51': write_hmdb51, 'kinetics400': write_kinetics400,
+    'ssv2': write_ssv2,
 }
 
 

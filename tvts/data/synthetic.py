@@ -544,12 +544,22 @@ class SyntheticCorpus:
         return new if new is not None else _sample_attrs(d, self.config, self.split)
 
     # --- continuous-time video ----------------------------------------------------------------
-    def video(self, index: int, kind: str = 'transcribed') -> SyntheticVideo:
-        """Full description of video ``index`` of this split (``kind``: 'transcribed'|'captioned')."""
+    def video(self, index: int, kind: str = 'transcribed',
+              events: Sequence[tuple[int, int, int]] | None = None) -> SyntheticVideo:
+        """Full description of video ``index`` of this split (``kind``: 'transcribed'|'captioned').
+
+        ``events``: the (shape, colour, motion) indices of the ``num_clips`` events to show instead of the drawn
+        ones (synthetic benchmarks whose classes are event sequences); geometry, timing and words are still drawn
+        from ``index``."""
         index = self._check(index)
         cfg, size = self.config, self.config.image_size
         d = _Draws(self._rng(kind, index))
-        attrs = self._attrs(d, kind, index)
+        if events is None:
+            attrs = self._attrs(d, kind, index)
+        else:
+            attrs = [tuple(int(v) for v in e) for e in events]
+            if len(attrs) != cfg.num_clips or any(len(e) != 3 for e in attrs):
+                raise ValueError(f'events must be {cfg.num_clips} (shape, colour, motion) triples, got {events!r}')
         n = cfg.num_clips
         clip_len = float(cfg.clip_seconds[0] + d.int(cfg.clip_seconds[1] - cfg.clip_seconds[0] + 1))
         transcribed = kind == 'transcribed'

@@ -6,6 +6,8 @@ Importing this package registers the builders under their TFDS names, so that
     yttemporal, webvid            pre-training (transcribed / captioned videos)
     msrvtt, didemo, lsmdc         text-video retrieval
     ucf101, hmdb51                action classification (configs split1, split2, split3)
+    kinetics400                   action classification (train, val)
+    ssv2                          Something-Something v2 (configs labels: classification; mc: multiple choice)
 
 Each reads a manual directory in the dataset's distributed layout (see each module's docstring, and
 docs/data.md); ``python -m tvts.data.build NAME --manual_dir DIR --data_dir OUT`` builds one.
@@ -15,14 +17,16 @@ from __future__ import annotations
 from tvts.data.builders.common import BadSample, ManualDirError, VideoBuilder
 from tvts.data.builders.didemo import Didemo
 from tvts.data.builders.hmdb51 import Hmdb51
+from tvts.data.builders.kinetics400 import Kinetics400
 from tvts.data.builders.lsmdc import Lsmdc
 from tvts.data.builders.msrvtt import Msrvtt
+from tvts.data.builders.ssv2 import Ssv2
 from tvts.data.builders.ucf101 import Ucf101
 from tvts.data.builders.webvid import Webvid
 from tvts.data.builders.yttemporal import Yttemporal
 
 __all__ = ['BUILDERS', 'BadSample', 'ManualDirError', 'VideoBuilder', 'Yttemporal', 'Webvid', 'Msrvtt', 'Didemo',
-           'Lsmdc', 'Ucf101', 'Hmdb51']
+           'Lsmdc', 'Ucf101', 'Hmdb51', 'Kinetics400', 'Ssv2']
 
 BUILDERS: dict[str, type[VideoBuilder]] = {
-    cls.name: cls for cls in (Yttemporal, Webvid, Msrvtt, Didemo, Lsmdc, Ucf101, Hmdb51)}
+    cls.name: cls for cls in (Yttemporal, Webvid, Msrvtt, Didemo, Lsmdc, Ucf101, Hmdb51, Kinetics400, Ssv2)}
