@@ -4,7 +4,8 @@
         --num_captioned 1000 [--image_size 32] [--subset NAME] [--seed 0] [--fps 8] [--workers 2]
 
 Writes videos/<subset>/{data,annotations}/ (transcribed), videos/webvid_<split>_NNNNN/ (captioned),
-meta_data/{yttemporal,webvid}_<split>.csv and meta_data/labels_<split>.json; see
+meta_data/{yttemporal,webvid}_<split>.csv, results_2M_<split>.csv (WebVid's own CSV) and
+meta_data/labels_<split>.json, so `python -m tvts.data.build yttemporal|webvid` reads them; see
 tvts/data/synthetic_files.py for the layout.
 """
 from __future__ import annotations
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"(YT-Temporal, subset {summary['subset']}) and {summary['num_captioned']} captioned "
           f"(WebVid) videos to {args.root} in {dt:.1f} s "
           f"({summary['codec']}, {summary['fps']:g} fps, {args.image_size} px)")
-    for key in ('yttemporal_csv', 'webvid_csv', 'labels'):
+    for key in ('yttemporal_csv', 'webvid_csv', 'results_2M_csv', 'labels'):
         print(f'[make_corpus]   {key}: {summary[key]}')
     return summary
 

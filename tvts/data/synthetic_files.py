@@ -9,6 +9,8 @@ Layout under ``root`` (for one split; ``subset`` defaults to ``synthetic_<split>
                                                    webvid_<split>_<NNNNN> (500 videos per folder)
     meta_data/yttemporal_<split>.csv              header ``Name``; rows ``<subset>/data/<id>.mp4``
     meta_data/webvid_<split>.csv                  header ``videoid,name,page_dir`` (name = caption)
+    results_2M_<split>.csv                        WebVid's own CSV (``videoid,contentUrl,duration,page_dir,name``),
+                                                   so ``python -m tvts.data.build webvid`` reads the same files
     meta_data/labels_<split>.json                 {video id: {label: int}} for both kinds
 
 The CSVs are read back with ``tvts.data.metadata``, the videos with ``tvts.data.video_io.decode_mp4``.
@@ -107,7 +109,7 @@ def _write_one(job: tuple) -> tuple[str, str, Any, dict[str, int]]:
         return kind, video.id, rel, video.labels
     page_dir = webvid_page_dir(split, index)
     write_captioned(video, root, page_dir, fps, codec)
-    return kind, video.id, (video.caption, page_dir), video.labels
+    return kind, video.id, (video.caption, page_dir, video.duration), video.labels
 
 
 def write_split(root: str, split: str, num_transcribed: int, num_captioned: int,
@@ -144,15 +146,23 @@ def write_split(root: str, split: str, num_transcribed: int, num_captioned: int,
         w = csv.writer(f)
         w.writerow(YTTEMPORAL_COLUMNS)
         w.writerows([[rel] for kind, _, rel, _ in rows if kind == 'transcribed'])
+    captioned = [(vid, *row) for kind, vid, row, _ in rows if kind == 'captioned']
     with open(wv_csv, 'w', newline='') as f:
         w = csv.writer(f)
         w.writerow(WEBVID_COLUMNS)
-        w.writerows([[vid, cap, page] for kind, vid, (cap, page), _ in (r for r in rows if r[0] == 'captioned')])
+        w.writerows([[vid, cap, page] for vid, cap, page, _ in captioned])
+    # WebVid's own CSV (what the `webvid` TFDS builder reads): videoid, contentUrl, duration (ISO 8601), page_dir, name
+    webvid_csv = os.path.join(root, f'results_2M_{split}.csv')
+    with open(webvid_csv, 'w', newline='') as f:
+        w = csv.writer(f)
+        w.writerow(['videoid', 'contentUrl', 'duration', 'page_dir', 'name'])
+        w.writerows([[vid, f'synthetic://webvid/{vid}.mp4', f'PT{seconds:.3f}S', page, cap]
+                     for vid, cap, page, seconds in captioned])
     with open(labels_path, 'w') as f:
         json.dump({vid: labels for _, vid, _, labels in rows}, f)
     return {'split': split, 'root': root, 'subset': subset, 'fps': fps, 'codec': codec,
             'num_transcribed': num_transcribed, 'num_captioned': num_captioned,
-            'yttemporal_csv': yt_csv, 'webvid_csv': wv_csv, 'labels': labels_path}
+            'yttemporal_csv': yt_csv, 'webvid_csv': wv_csv, 'results_2M_csv': webvid_csv, 'labels': labels_path}
 
 
 def progress_printer(label: str, stream: TextIO | None = None) -> Callable[[int, int], None]:
