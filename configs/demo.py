@@ -3,7 +3,9 @@
 
     python -m tvts.train --config configs/demo.py --workdir workdirs/demo
 
-Arguments after ':' (comma-separated key=value): variant, data, steps, eval (False: no evaluators). Any field can
+Arguments after ':' (comma-separated key=value): variant, data, steps, eval (False: no evaluators; True: the
+synthetic held-out evaluator even with data=tfds, for corpora written by `python -m tools.make_corpus`; default:
+only with data=synthetic). Any field can
 then be overridden with --config.FIELD=VALUE; the config is locked, so a mistyped field fails at once.
 
 The recipe departs from the published one where a model trained from random weights needs it; each departure is
@@ -25,7 +27,8 @@ TINY_RULES = (
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    args = parse_arg(arg, variant="tiny", data="synthetic", steps=-1, eval=True)
+    args = parse_arg(arg, variant="tiny", data="synthetic", steps=-1, eval=None)
+    run_eval = args.data == "synthetic" if args.eval is None else bool(args.eval)
     c = base_config(args)
     c.init = "random"
     c.total_steps = args.steps if args.steps > 0 else 1600  # iterations
@@ -59,9 +62,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.eps_placement = "optax"
     c.optim.no_decay = r"(bias|scale|embedding|cls_token)$"
 
-    c.eval_references = ("no_time_attn", "init") if args.eval else ()
+    c.eval_references = ("no_time_attn", "init") if run_eval else ()
     heldout = dict(type="synthetic_heldout", every=0, num_videos=256, num_probe_train=768, batch=64)
-    c.evals = {"heldout": heldout} if args.data == "synthetic" and args.eval else {}
+    c.evals = {"heldout": heldout} if run_eval else {}
     c.export_backbone = "backbone"  # workdirs/demo/backbone: tvts.backbone.load, python -m tvts.extract
     c.lock()
     return c
