@@ -78,6 +78,60 @@ def test_v2v_recall_and_chance_by_hand():
     assert chance == pytest.approx({"R@1": 50.0, "R@2": 80.0})
 
 
+def test_multiple_choice_by_hand():
+    video = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [np.nan, np.nan]])
+    options = np.array([[1, 0], [0, 1], [-1, 0],          # video 0, 3 options: answer 0 best -> right
+                        [1, 0], [0, 1],                   # video 1, 2 options: answer 0 -> wrong
+                        [1, 0], [0, 1],                   # video 2: both options tie at cos 0.71 -> wrong
+                        [1, 0], [0, 1]], float)           # video 3 unreadable -> wrong
+    res = bm.multiple_choice_result(video, options, [3, 2, 2, 2], np.array([0, 0, 1, 0]))
+    assert res["metrics"]["accuracy"] == pytest.approx(25.0)
+    assert res["chance"]["accuracy"] == pytest.approx(100 * (1 / 3 + 3 / 2) / 4)
+
+
+def test_multi_view_sampling_by_hand():
+    # 20 frames, 2 clips of 10, 2 frames each: edges 0 5 10 -> midpoints 2 7; second clip + 10
+    assert bm.clip_midpoints(20, 2, 2).tolist() == [[2, 7], [12, 17]]
+    assert bm.clip_midpoints(24, 12, 1).tolist() == [bm.midpoint_indices(24, 12).tolist()]
+    frame = np.zeros((60, 120, 3), np.uint8)
+    frame[:, :, 0] = np.arange(120, dtype=np.uint8)[None, :]    # red = column
+    crops = bm.eval_crops(frame, 32, 3)     # resized to 38 x 76: crops at x = 0, 22, 44
+    assert [c.shape for c in crops] == [(32, 32, 3)] * 3
+    np.testing.assert_array_equal(crops[1], bm.eval_resize(frame, 32))
+    lefts = [int(c[16, 0, 0]) for c in crops]
+    assert lefts[0] < 3 and abs(lefts[1] - 22 * 120 / 76) < 3 and abs(lefts[2] - 44 * 120 / 76) < 3
+
+
+def test_views_are_embedded_and_averaged(built):
+    """clips x crops views: each view's frames are the one-view frames of its part of the video, and the video's
+    embedding is the normalised mean of its normalised view embeddings."""
+    from tvts.data.video_io import sample_frames
+    from tvts.evaluators.classification import average_views
+
+    data_dir, _ = built
+    src, _ = bm.open_split(data_dir, "hmdb51", "split1", "test")
+    data = bytes(src[0]["video"])
+    views = bm.load_frames(data, 3, 16, clips=2, crops=3)
+    assert views.shape == (6, 3, 16, 16, 3)
+    n, _, frames = sample_frames(data, lambda n: np.arange(n), lambda f: f)
+    idx = bm.clip_midpoints(n, 3, 2)
+    for c in range(2):
+        for k in range(3):
+            want = np.stack([bm.eval_crops(frames[int(i)], 16, 3)[k] for i in idx[c]])
+            np.testing.assert_array_equal(views[3 * c + k], want)
+
+    class MeanColour:
+        spec = type("S", (), {"num_frames": 3, "image_size": 16})()
+
+        def encode_video(self, x):
+            return x.reshape(x.shape[0], -1, 3).mean(axis=1).astype(np.float32) + 1.0
+
+    emb, failed = bm.encode_videos(MeanColour(), lambda i: src[i], 1, batch=2, workers=1, clips=2, crops=3)
+    per_view = views.reshape(6, -1, 3).mean(axis=1) + 1.0
+    np.testing.assert_allclose(emb[0], average_views(per_view), rtol=1e-5)
+    assert failed == []
+
+
 def test_retrieval_result_with_several_captions_and_a_failed_video():
     video = np.eye(3)
     video[2] = np.nan                               # an unreadable video
@@ -94,7 +148,8 @@ def test_retrieval_result_with_several_captions_and_a_failed_video():
 # --------------------------------------------------------------------------------------------------------------
 # End to end on the fixtures
 # --------------------------------------------------------------------------------------------------------------
-DATASETS = ("msrvtt", "didemo", "lsmdc", "ucf101", "hmdb51")
+DATASETS = ("msrvtt", "didemo", "lsmdc", "ucf101", "hmdb51", "kinetics400", "ssv2")
+CONFIGS = {"ucf101": ["split1"], "hmdb51": ["split1"], "ssv2": ["mc"]}
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +163,7 @@ def built(tmp_path_factory):
     for name in DATASETS:
         manual = str(root / "manual" / name)
         truth[name] = fixtures.write(name, manual)
-        for config in (["split1"] if name in ("ucf101", "hmdb51") else [None]):
+        for config in CONFIGS.get(name, [None]):
             build_cli.build(name, manual, data_dir, config, verbose=False)
     return data_dir, truth
 
@@ -181,6 +236,27 @@ def test_classification_tasks_end_to_end(built, backbone_dir, tmp_path, task):
         assert data["class_phrases"]["ApplyEyeMakeup"] == "apply eye makeup"
 
 
+@pytest.mark.parametrize("task", ["kinetics400_zeroshot", "ssv2_mc"])   # *_linear: ucf101/hmdb51's path
+def test_kinetics_and_ssv2_tasks_end_to_end(built, backbone_dir, tmp_path, task):
+    data_dir, truth = built
+    out = str(tmp_path / "results")
+    res = bm.main_benchmark(backbone_dir, task, data_dir, out, bm.Options(batch=4, clips=2, crops=3),
+                            "python -m tvts.evaluate x")
+    data = _check_outputs(out, task, res)
+    assert data["views"] == {"clips": 2, "crops": 3}
+    if task == "ssv2_mc":
+        mc = truth["ssv2"]["mc"]["validation"]
+        assert data["split"] == "mc/validation" and res["num_items"] == len(mc)
+        assert data["chance"]["accuracy"] == pytest.approx(100 * np.mean([1 / len(v["options"])
+                                                                            for v in mc.values()]))
+        assert set(data["metrics"]) == {"accuracy"}
+    else:   # tested on val, as published; 400 classes
+        assert data["split"] == "val" and res["num_items"] == len(truth["kinetics400"]["val"])
+        assert data["chance"]["top1"] == pytest.approx(100 / 400)
+        if task == "kinetics400_zeroshot":
+            assert data["class_phrases"]["hurling (sport)"] == "hurling (sport)"
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Planted embeddings: a fake Encoders whose video embedding encodes the class
 # --------------------------------------------------------------------------------------------------------------
@@ -198,21 +274,23 @@ class Planted:
         out = np.zeros((tokens.shape[0], self.dim), np.float32)
         for k, row in enumerate(tokens):
             text = tok.decode(row.tolist())
-            hits = [c for c, p in enumerate(self.phrases) if text.strip() == f"a person {p}"]
+            # (CLIP's BPE decodes "(sport)" as "( sport )": compare without spaces)
+            hits = [c for c, p in enumerate(self.phrases) if text.replace(" ", "") == f"a person {p}".replace(" ", "")]
             out[k, hits[0] if hits else -1] = 1.0
         return out
 
 
-@pytest.mark.parametrize("dataset", ["ucf101", "hmdb51"])
+@pytest.mark.parametrize("dataset", ["ucf101", "hmdb51", "kinetics400"])
 def test_planted_embeddings_score_100(built, monkeypatch, dataset):
     from types import SimpleNamespace
 
     data_dir, _ = built
-    _, info = bm.open_split(data_dir, dataset, "split1", "test")
+    config = "split1" if dataset != "kinetics400" else None
+    _, info = bm.open_split(data_dir, dataset, config, "train")
     phrases = bm.class_phrases(list(info.features["label"].names))
     label_of = {}
-    for split in ("train", "test"):
-        src, _ = bm.open_split(data_dir, dataset, "split1", split)
+    for split in ("train", "val" if dataset == "kinetics400" else "test"):
+        src, _ = bm.open_split(data_dir, dataset, config, split)
         for i in range(len(src)):
             label_of[bytes(src[i]["video"])] = int(src[i]["label"])
     enc = Planted(SimpleNamespace(num_frames=2, image_size=8, context_length=16), phrases)
@@ -224,7 +302,8 @@ def test_planted_embeddings_score_100(built, monkeypatch, dataset):
         return emb, []
 
     monkeypatch.setattr(bm, "encode_videos", encode_videos)
-    for kind in ("zeroshot", "linear", "v2v"):
+    kinds = ("zeroshot",) if dataset == "kinetics400" else ("zeroshot", "linear", "v2v")   # k400: 400-class probe
+    for kind in kinds:
         res = bm.run_task(f"{dataset}_{kind}", enc, data_dir, bm.Options(batch=4))
         key = "R@1" if kind == "v2v" else "top1"
         assert res["metrics"][key] == 100.0, (kind, res["metrics"])
@@ -236,11 +315,11 @@ def test_an_unreadable_video_is_counted_as_a_miss(built, monkeypatch):
     real = bm.load_frames
     calls = []
 
-    def flaky(data, t, s):
+    def flaky(data, t, s, clips=1, crops=1):
         calls.append(1)
         if len(calls) == 1:
             raise ValueError("corrupt")
-        return real(data, t, s)
+        return real(data, t, s, clips, crops)
 
     monkeypatch.setattr(bm, "load_frames", flaky)
 
@@ -258,6 +337,37 @@ def test_an_unreadable_video_is_counted_as_a_miss(built, monkeypatch):
     # the failed video's text ranks last (2), the other text ties with its video: pessimistic rank 1 (the failed
     # one is never retrieved)
     assert res["metrics"]["t2v/R@1"] == 50.0
+
+
+def test_planted_multiple_choice_scores_100(built, monkeypatch):
+    """A video embedding planted at its right option's text embedding answers every question."""
+    from types import SimpleNamespace
+
+    from tvts.data.tokenizer import get_tokenizer
+
+    data_dir, truth = built
+    def norm(text):  # CLIP's BPE lower-cases and re-spaces what it decodes
+        return text.replace(" ", "").lower()
+
+    texts = sorted({norm(o) for v in truth["ssv2"]["mc"]["validation"].values() for o in v["options"]})
+    spec = SimpleNamespace(num_frames=2, image_size=8, context_length=32)
+    tok = get_tokenizer(spec.context_length)
+
+    class Texts:
+        def __init__(self):
+            self.spec = spec
+
+        def encode_text(self, tokens):
+            decoded = [norm(tok.decode(r.tolist())) for r in tokens]   # '' for a batch's padding rows
+            return np.eye(len(texts) + 1, dtype=np.float32)[[texts.index(t) if t else -1 for t in decoded]]
+
+    src, _ = bm.open_split(data_dir, "ssv2", "mc", "validation")
+    right = {bytes(src[i]["video"]): texts.index(norm(bm._s(src[i]["options"][int(src[i]["answer"])])))
+             for i in range(len(src))}
+    monkeypatch.setattr(bm, "encode_videos", lambda enc, examples, n, **kw: (
+        np.eye(len(texts) + 1, dtype=np.float32)[[right[bytes(examples(i)["video"])] for i in range(n)]], []))
+    res = bm.run_task("ssv2_mc", Texts(), data_dir, bm.Options(batch=4))
+    assert res["metrics"]["accuracy"] == 100.0 and res["chance"]["accuracy"] < 50
 
 
 def test_benchmark_types_are_registered_evaluators(built, backbone_dir):

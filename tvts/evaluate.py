@@ -1,11 +1,13 @@
 """Run a config's evaluators on a checkpoint, outside training.
 
     python -m tvts.evaluate --workdir workdirs/demo [--step N] [--config configs/demo.py]
-    python -m tvts.evaluate --backbone BACKBONE_DIR --task TASK --data_dir TFDS_DIR --out RESULTS_DIR \
-        [--split S] [--templates single|ensemble|'t1 {}|t2 {}'] [--class_names OVERRIDES.json] [--batch_size 16]
+    python -m tvts.evaluate (--backbone BACKBONE_DIR | --workdir RUN [--step N]) --task TASK --data_dir TFDS_DIR \
+        --out RESULTS_DIR [--split S] [--templates single|ensemble|'t1 {}|t2 {}'] [--class_names OVERRIDES.json] \
+        [--clips 1] [--crops 1|3] [--batch_size 16]
 
 The second form runs one downstream benchmark (tvts/evaluators/benchmarks.py, docs/evaluation.md) with an
-exported backbone on a built TFDS dataset and writes RESULTS_DIR/<task>.{json,md,png}.
+exported backbone, or a training run's newest (or given) checkpoint, on a built TFDS dataset and writes
+RESULTS_DIR/<task>.{json,md,png}.
 
 Without --config, the run's own `config.json` (written by the trainer) is used. Restores the newest (or given)
 checkpoint of `workdir` onto the config's mesh and prints the metrics of every entry of `config.evals` (as at the
@@ -35,11 +37,10 @@ def run_config(workdir) -> ml_collections.ConfigDict:
     return config
 
 
-def evaluate(config, workdir, step: int | None = None) -> dict[str, float]:
+def restore(config, workdir, step: int | None = None):
+    """(config, setup, step, state) of a run's newest (or given) checkpoint, on the config's mesh."""
     from tvts.checkpoint import Checkpointer, with_shardings
-    from tvts.evaluators.registry import make_evaluators, run_final
-    from tvts.metric_writer import MetricWriter
-    from tvts.state import evaluation_encoders, make_setup
+    from tvts.state import make_setup
 
     workdir = epath.Path(workdir)
     config = run_config(workdir) if config is None else config
@@ -50,6 +51,16 @@ def evaluate(config, workdir, step: int | None = None) -> dict[str, float]:
         raise FileNotFoundError(f"no checkpoint in {ckpt.directory}")
     state, _ = ckpt.restore(step, with_shardings(setup.abstract_state, setup.state_sharding))
     ckpt.close()
+    return config, setup, step, state
+
+
+def evaluate(config, workdir, step: int | None = None) -> dict[str, float]:
+    from tvts.evaluators.registry import make_evaluators, run_final
+    from tvts.metric_writer import MetricWriter
+    from tvts.state import evaluation_encoders
+
+    workdir = epath.Path(workdir)
+    config, setup, step, state = restore(config, workdir, step)
     is_main = jax.process_index() == 0
     evaluators = make_evaluators(config.evals, config.data, setup.spec, workdir if is_main else None)
     metrics, columns = run_final(evaluators, *evaluation_encoders(setup, state["params"]))
@@ -70,15 +81,25 @@ def main(argv):
     if f.backbone or f.task:
         import sys
 
-        from tvts.evaluators.benchmarks import Options, main_benchmark
+        from tvts.evaluators.benchmarks import Options, main_benchmark, report_benchmark
 
-        missing = [n for n in ("backbone", "task", "data_dir", "out") if not getattr(f, n)]
+        missing = [n for n in ("task", "data_dir", "out") if not getattr(f, n)]
+        if not (f.backbone or f.workdir):
+            missing.append("backbone (or --workdir)")
         if missing:
             raise app.UsageError(f"benchmark mode needs --{', --'.join(missing)}")
         opts = Options(split=f.split, batch=f.batch_size, workers=f.workers, templates=f.templates,
-                       class_names=f.class_names)
-        main_benchmark(f.backbone, f.task, f.data_dir, f.out, opts, " ".join(["python -m tvts.evaluate",
-                                                                            *sys.argv[1:]]))
+                       class_names=f.class_names, clips=f.clips, crops=f.crops)
+        command = " ".join(["python -m tvts.evaluate", *sys.argv[1:]])
+        if f.backbone:
+            main_benchmark(f.backbone, f.task, f.data_dir, f.out, opts, command)
+        else:
+            from tvts.state import evaluation_encoders
+
+            distributed.initialize()
+            _, setup, step, state = restore(f.config, f.workdir, f.step)
+            report_benchmark(evaluation_encoders(setup, state["params"])[0], f.task, f.data_dir, f.out, opts,
+                             command, workdir=str(f.workdir), step=int(step))
         return
     del argv
     if not f.workdir:
@@ -96,15 +117,17 @@ if __name__ == "__main__":
     flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints/.")
     flags.DEFINE_integer("step", None, "Checkpoint step (default: newest).")
     flags.DEFINE_string("backbone", None, "Benchmark mode: an exported backbone directory (tvts.export).")
-    flags.DEFINE_string("task", None, "Benchmark mode: msrvtt_retrieval, didemo_retrieval, lsmdc_retrieval, "
-                        "{ucf101,hmdb51}_{zeroshot,linear,v2v}.")
+    flags.DEFINE_string("task", None, "Benchmark mode: {msrvtt,didemo,lsmdc}_retrieval, "
+                        "{ucf101,hmdb51,kinetics400}_{zeroshot,linear}, {ucf101,hmdb51}_v2v, ssv2_mc.")
     flags.DEFINE_string("data_dir", None, "Benchmark mode: the TFDS data_dir the datasets were built into.")
     flags.DEFINE_string("out", None, "Benchmark mode: results folder (<task>.json/.md/.png, cache/).")
     flags.DEFINE_string("split", None, "Retrieval: TFDS split (default test); ucf101/hmdb51: 1, 2 or 3 "
-                        "(default 1).")
+                        "(default 1); Kinetics-400 is tested on val, SSv2 on validation.")
     flags.DEFINE_string("templates", None, "Zero-shot prompts: single ('a person {}', default), ensemble, or "
                         "templates joined by '|'.")
     flags.DEFINE_string("class_names", None, "Zero-shot: JSON file {class: phrase} overriding the readable names.")
+    flags.DEFINE_integer("clips", 1, "Benchmark mode: clips per video (views averaged; published: 1).")
+    flags.DEFINE_integer("crops", 1, "Benchmark mode: 1 (centre) or 3 crops per clip (views averaged).")
     flags.DEFINE_integer("batch_size", 16, "Benchmark mode: videos per encoder call.")
     flags.DEFINE_integer("workers", 2, "Benchmark mode: decoding threads.")
     app.run(main)

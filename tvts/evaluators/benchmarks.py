@@ -3,13 +3,18 @@ ModelEncoders or an exported backbone):
 
     python -m tvts.evaluate --backbone BACKBONE_DIR --task TASK --data_dir TFDS_DIR --out RESULTS_DIR
 
-TASKS: `{msrvtt,didemo,lsmdc}_retrieval` (text<->video R@1/5/10/50, MdR, MnR), `{ucf101,hmdb51}_zeroshot`
-(top-1/top-5 with prompt templates), `{ucf101,hmdb51}_linear` (logistic-regression probe on frozen features) and
-`{ucf101,hmdb51}_v2v` (test queries against the train gallery, hit = same class, R@1/5/10/20).
+TASKS: `{msrvtt,didemo,lsmdc}_retrieval` (text<->video R@1/5/10/50, MdR, MnR), `{ucf101,hmdb51,kinetics400}_zeroshot`
+(top-1/top-5 with prompt templates), `{ucf101,hmdb51,kinetics400}_linear` (logistic-regression probe on frozen
+features), `{ucf101,hmdb51}_v2v` (test queries against the train gallery, hit = same class, R@1/5/10/20) and
+`ssv2_mc` (each video against its own options, accuracy). Kinetics-400 is tested on its val split and SSv2 on its
+validation split, as published.
 
 Frames: `spec.num_frames` at the segment midpoints (the published test sampling), the short side resized to
-round(image_size * 268 / 224), then the centre image_size crop. A video that cannot be read is reported and
-counted: its embedding is NaN, which ranks it last everywhere (a miss as a query, never retrieved as a candidate).
+round(image_size * 268 / 224), then the centre image_size crop: one view, as published. `clips` x `crops` views
+(the video cut into `clips` equal parts, each sampled at its segment midpoints; 3 crops along the long side) are
+embedded separately and averaged (each normalised, averaged, renormalised). A video that cannot be read is
+reported and counted: its embedding is NaN, which ranks it last everywhere (a miss as a query, never retrieved as a
+candidate, a wrong answer).
 """
 from __future__ import annotations
 
@@ -38,7 +43,13 @@ TASKS: dict[str, tuple[str, str]] = {
     "hmdb51_linear": ("linear", "hmdb51"),
     "ucf101_v2v": ("v2v", "ucf101"),
     "hmdb51_v2v": ("v2v", "hmdb51"),
+    "kinetics400_zeroshot": ("zeroshot", "kinetics400"),
+    "kinetics400_linear": ("linear", "kinetics400"),
+    "ssv2_mc": ("mc", "ssv2"),
 }
+# the split each dataset is tested on (Kinetics-400: val, v2/data_loader/K400_dataset.py:16-19; SSv2-MC: the
+# validation videos, v2/data_loader/SSV2_mc_dataset.py:17-21); the others' is 'test'
+TEST_SPLITS = {"kinetics400": "val", "ssv2": "validation"}
 TEMPLATE = "a person {}"  # the published zero-shot template
 # An optional ensemble (`templates="ensemble"`), in the style of CLIP's video-action prompts.
 ENSEMBLE_TEMPLATES = ("a person {}", "a video of a person {}", "a photo of a person {}", "a person is {}",
@@ -46,7 +57,7 @@ ENSEMBLE_TEMPLATES = ("a person {}", "a video of a person {}", "a photo of a per
                       "an example of a person {}")
 V2V_KS = (1, 5, 10, 20)
 RESIZE_RATIO = 268 / 224
-FEATURE_VERSION = 1  # bump when the frame sampling or resizing changes (invalidates cached features)
+FEATURE_VERSION = 2  # bump when the frame sampling or resizing changes (invalidates cached features)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -83,10 +94,20 @@ def midpoint_indices(n_frames: int, num_frames: int) -> np.ndarray:
     return np.clip(mids, 0, n_frames - 1)
 
 
-def eval_resize(frame: np.ndarray, size: int) -> np.ndarray:
-    """uint8 [h, w, 3] -> [size, size, 3]: short side to round(size * 268 / 224) (bilinear), centre crop."""
+def clip_midpoints(n_frames: int, num_frames: int, clips: int = 1) -> np.ndarray:
+    """[clips, num_frames]: [0, n) cut into `clips` equal parts, each sampled at its segment midpoints
+    (clips=1: midpoint_indices)."""
+    edges = np.linspace(0, n_frames, clips + 1).astype(int)
+    return np.stack([lo + midpoint_indices(max(hi - lo, 1), num_frames) for lo, hi in zip(edges[:-1], edges[1:])])
+
+
+def eval_crops(frame: np.ndarray, size: int, crops: int = 1) -> list[np.ndarray]:
+    """uint8 [h, w, 3] -> `crops` x [size, size, 3]: short side to round(size * 268 / 224) (bilinear), then the
+    centre crop (crops=1) or the start, centre and end crops along the long side (crops=3)."""
     from PIL import Image
 
+    if crops not in (1, 3):
+        raise ValueError(f"crops must be 1 or 3, got {crops}")
     short = int(round(size * RESIZE_RATIO))
     image = Image.fromarray(frame)
     w, h = image.size
@@ -94,15 +115,26 @@ def eval_resize(frame: np.ndarray, size: int) -> np.ndarray:
                                                                               short)
     image = image.resize((nw, nh), Image.BILINEAR)
     left, top = (nw - size) // 2, (nh - size) // 2
-    return np.asarray(image.crop((left, top, left + size, top + size)))
+    along = [(left, top)] if crops == 1 else (
+        [(0, top), (left, top), (nw - size, top)] if nw >= nh else [(left, 0), (left, top), (left, nh - size)])
+    return [np.asarray(image.crop((x, y, x + size, y + size))) for x, y in along]
 
 
-def load_frames(data: bytes, num_frames: int, size: int) -> np.ndarray:
-    """A video file's bytes -> uint8 [num_frames, size, size, 3] at the segment midpoints. Raises when unreadable."""
+def eval_resize(frame: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [h, w, 3] -> [size, size, 3]: short side to round(size * 268 / 224) (bilinear), centre crop."""
+    return eval_crops(frame, size, 1)[0]
+
+
+def load_frames(data: bytes, num_frames: int, size: int, clips: int = 1, crops: int = 1) -> np.ndarray:
+    """A video file's bytes -> uint8 [num_frames, size, size, 3] at the segment midpoints (one view), or
+    [clips * crops, num_frames, size, size, 3] when there are several views. Raises when unreadable."""
     from tvts.data.video_io import sample_frames
 
-    _, idx, frames = sample_frames(data, lambda n: midpoint_indices(n, num_frames), lambda f: eval_resize(f, size))
-    return np.stack([frames[int(i)] for i in idx])
+    _, idx, frames = sample_frames(data, lambda n: clip_midpoints(n, num_frames, clips),
+                                   lambda f: np.stack(eval_crops(f, size, crops)))
+    views = np.stack([np.stack([frames[int(i)] for i in row], axis=1) for row in idx])  # [clips, crops, T, ...]
+    views = views.reshape(-1, *views.shape[2:])
+    return views[0] if len(views) == 1 else views
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -112,8 +144,11 @@ def _s(x) -> str:
     return x.decode("utf-8") if isinstance(x, bytes) else str(x)
 
 
-def normalize_config(dataset: str, split: Any) -> str | None:
-    """ucf101/hmdb51: 1, '2', 'split3' -> 'split1'.. (default split1); retrieval datasets have none."""
+def normalize_config(dataset: str, split: Any, kind: str = "") -> str | None:
+    """ucf101/hmdb51: 1, '2', 'split3' -> 'split1'.. (default split1); ssv2: 'mc' for multiple choice, else
+    'labels'; the other datasets have none."""
+    if dataset == "ssv2":
+        return "mc" if kind == "mc" else "labels"
     if dataset not in ("ucf101", "hmdb51"):
         return None
     s = str(split if split not in (None, "") else 1)
@@ -144,6 +179,8 @@ class Items:
     embeddings: np.ndarray
     labels: np.ndarray | None = None
     captions: list[list[str]] | None = None
+    options: list[list[str]] | None = None
+    answers: np.ndarray | None = None
     failed: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -153,15 +190,18 @@ def _batches(n: int, batch: int):
 
 
 def encode_videos(encoders, examples: Callable[[int], dict], n: int, *, batch: int = 16, workers: int = 2,
-                  spec=None) -> tuple[np.ndarray, list[tuple[int, str]]]:
+                  spec=None, clips: int = 1, crops: int = 1) -> tuple[np.ndarray, list[tuple[int, str]]]:
     """Embeds n videos (examples(i)['video'] = file bytes) in fixed-size batches (the last padded, so programs
-    compile once). Returns ([n, E] float32 with NaN rows for unreadable videos, [(index, reason)])."""
+    compile once); with several views (clips x crops) a video's embedding is their average_views. Returns
+    ([n, E] float32 with NaN rows for unreadable videos, [(index, reason)])."""
+    from tvts.evaluators.classification import average_views
+
     spec = spec or encoders.spec
-    t, s = int(spec.num_frames), int(spec.image_size)
+    t, s, views = int(spec.num_frames), int(spec.image_size), int(clips) * int(crops)
 
     def load(i):
         try:
-            return load_frames(examples(i)["video"], t, s), None
+            return load_frames(examples(i)["video"], t, s, clips, crops).reshape(views, t, s, s, 3), None
         except Exception as e:  # noqa: BLE001  (any decode failure: reported and counted)
             return None, f"{type(e).__name__}: {e}"[:200]
 
@@ -169,13 +209,15 @@ def encode_videos(encoders, examples: Callable[[int], dict], n: int, *, batch: i
     with ThreadPoolExecutor(max(1, workers)) as pool:
         for idx in _batches(n, batch):
             loaded = list(pool.map(load, idx))
-            x = np.zeros((batch, t, s, s, 3), np.uint8)
+            x = np.zeros((batch, views, t, s, s, 3), np.uint8)
             for k, (frames, err) in enumerate(loaded):
                 if err is None:
                     x[k] = frames
                 else:
                     failed.append((int(idx[k]), err))
-            emb = np.asarray(encoders.encode_video(x), np.float32)[:len(idx)]
+            emb = np.asarray(encoders.encode_video(x.reshape(batch * views, t, s, s, 3)), np.float32)
+            emb = emb.reshape(batch, views, -1)[:len(idx)]
+            emb = emb[:, 0] if views == 1 else average_views(emb.astype(np.float64)).astype(np.float32)
             if out is None:
                 out = np.full((n, emb.shape[1]), np.nan, np.float32)
             out[idx] = emb
@@ -200,7 +242,7 @@ def encode_texts(encoders, texts: Sequence[str], *, batch: int = 16, spec=None) 
     return np.concatenate(out)
 
 
-def _cache_key(encoders, dataset, config, split) -> str | None:
+def _cache_key(encoders, dataset, config, split, views=(1, 1)) -> str | None:
     """A key naming the backbone's files and the sampling; None for encoders that are not an exported backbone
     (a training run's parameters change, so its features are never cached)."""
     directory = getattr(encoders, "directory", None)
@@ -211,28 +253,31 @@ def _cache_key(encoders, dataset, config, split) -> str | None:
         p = os.path.join(str(directory), name)
         st = os.stat(p) if os.path.exists(p) else None
         h.update(f"{os.path.abspath(p)}:{st and st.st_size}:{st and st.st_mtime_ns}".encode())
-    h.update(f"{dataset}/{config}/{split}/v{FEATURE_VERSION}".encode())
+    h.update(f"{dataset}/{config}/{split}/v{FEATURE_VERSION}/views{views[0]}x{views[1]}".encode())
     return f"{dataset}_{config or 'default'}_{split}_{h.hexdigest()[:16]}"
 
 
 def load_items(encoders, data_dir: str, dataset: str, config: str | None, split: str, *, batch: int = 16,
-               workers: int = 2, cache_dir: str | None = None) -> tuple[Items, Any]:
-    """A split's items embedded by `encoders`; with `cache_dir` (and a backbone) the embeddings are read from /
-    written to cache_dir/<key>.npz."""
+               workers: int = 2, cache_dir: str | None = None, clips: int = 1, crops: int = 1) -> tuple[Items, Any]:
+    """A split's items embedded by `encoders` (clips x crops views each); with `cache_dir` (and a backbone) the
+    embeddings are read from / written to cache_dir/<key>.npz."""
     source, info = open_split(data_dir, dataset, config, split)
     n = len(source)
     meta = [{k: v for k, v in source[i].items() if k != "video"} for i in range(n)]
     ids = [_s(m["id"]) for m in meta]
     labels = np.array([int(m["label"]) for m in meta], np.int64) if "label" in info.features else None
     captions = [[_s(c) for c in m["captions"]] for m in meta] if "captions" in info.features else None
-    key = _cache_key(encoders, dataset, config, split) if cache_dir else None
+    options = [[_s(o) for o in m["options"]] for m in meta] if "options" in info.features else None
+    answers = np.array([int(m["answer"]) for m in meta], np.int64) if "answer" in info.features else None
+    key = _cache_key(encoders, dataset, config, split, (clips, crops)) if cache_dir else None
     path = os.path.join(cache_dir, key + ".npz") if key else None
     if path and os.path.exists(path):
         z = np.load(path, allow_pickle=False)
         if list(z["ids"]) == ids:
             failed = [(str(a), str(b)) for a, b in z["failed"]]
-            return Items(ids, z["embeddings"], labels, captions, failed), info
-    emb, failed_idx = encode_videos(encoders, lambda i: source[i], n, batch=batch, workers=workers)
+            return Items(ids, z["embeddings"], labels, captions, options, answers, failed), info
+    emb, failed_idx = encode_videos(encoders, lambda i: source[i], n, batch=batch, workers=workers, clips=clips,
+                                    crops=crops)
     failed = [(ids[i], why) for i, why in failed_idx]
     if path:
         os.makedirs(cache_dir, exist_ok=True)
@@ -240,7 +285,7 @@ def load_items(encoders, data_dir: str, dataset: str, config: str | None, split:
         np.savez(tmp, ids=np.array(ids), embeddings=emb,
                  failed=np.array(failed, dtype=str).reshape(-1, 2))
         os.replace(tmp, path)
-    return Items(ids, emb, labels, captions, failed), info
+    return Items(ids, emb, labels, captions, options, answers, failed), info
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -314,6 +359,24 @@ def topk_from_logits(logits: np.ndarray, labels: np.ndarray, ks=(1, 5)) -> tuple
     return {f"top{k}": float(100.0 * np.mean(rank <= k)) for k in ks if k <= logits.shape[1]}, rank
 
 
+def multiple_choice_result(video_emb: np.ndarray, option_emb: np.ndarray, num_options: Sequence[int],
+                           answers: np.ndarray) -> dict:
+    """Each video against its own options (option_emb holds every video's options, in order): right when its
+    answer scores strictly above every other option (classification.multiple_choice: a tie, or an unreadable
+    video, is wrong). Chance: the mean of 1 / options."""
+    from tvts.evaluators.classification import multiple_choice
+
+    k = np.asarray(num_options, np.int64)
+    starts = np.cumsum(k) - k
+    right = 0.0
+    for kk in np.unique(k):  # the metric core takes [N, K, D]: one call per option count
+        rows = np.flatnonzero(k == kk)
+        options = np.asarray(option_emb)[starts[rows, None] + np.arange(kk)]
+        right += multiple_choice(video_emb[rows], options, np.asarray(answers)[rows])["accuracy"] * len(rows)
+    return {"metrics": {"accuracy": float(right / len(k))},
+            "chance": {"accuracy": 100.0 * float(np.mean(1.0 / k))}, "num_texts": int(k.sum())}
+
+
 def per_class_accuracy(rank: np.ndarray, labels: np.ndarray, names: Sequence[str]) -> dict[str, float]:
     return {names[c]: float(100.0 * np.mean(rank[labels == c] <= 1)) for c in np.unique(labels)}
 
@@ -330,6 +393,8 @@ class Options:
     class_names: Any = None           # overrides: {class: phrase} or a JSON file path
     cache_dir: str | None = None
     l2_grid: Sequence[float] | None = None
+    clips: int = 1                    # views per video: clips x crops, averaged (published: one view)
+    crops: int = 1                    # 1 (centre) or 3 (start, centre, end of the long side)
 
 
 def _templates(option) -> list[str]:
@@ -349,9 +414,10 @@ def run_task(task: str, encoders, data_dir: str, opts: Options | None = None) ->
         raise ValueError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
     opts = opts or Options()
     kind, dataset = TASKS[task]
-    config = normalize_config(dataset, opts.split)
+    config = normalize_config(dataset, opts.split, kind)
     load = lambda split: load_items(encoders, data_dir, dataset, config, split, batch=opts.batch,
-                                    workers=opts.workers, cache_dir=opts.cache_dir)
+                                    workers=opts.workers, cache_dir=opts.cache_dir, clips=opts.clips, crops=opts.crops)
+    test_split = TEST_SPLITS.get(dataset, "test")
     t0 = time.perf_counter()
     if kind == "retrieval":
         split = str(opts.split or "test")
@@ -364,10 +430,18 @@ def run_task(task: str, encoders, data_dir: str, opts: Options | None = None) ->
         res = retrieval_result(text_emb, np.array(text_video, np.int64), items.embeddings)
         res.update(num_items=len(items.ids), num_texts=len(texts), split=split)
         failed = items.failed
+    elif kind == "mc":
+        items, _ = load(test_split)
+        res = multiple_choice_result(items.embeddings, encode_texts(encoders, [o for opts_ in items.options
+                                                                              for o in opts_], batch=opts.batch),
+                                     [len(o) for o in items.options], items.answers)
+        res.update(split=f"{config}/{test_split}", num_items=len(items.ids))
+        failed = items.failed
     else:
-        test, info = load("test")
+        test, info = load(test_split)
         names = list(info.features["label"].names)
-        res = {"split": f"{config}/test", "num_items": len(test.ids), "num_classes": len(names)}
+        res = {"split": f"{config}/{test_split}" if config else test_split, "num_items": len(test.ids),
+               "num_classes": len(names)}
         failed = list(test.failed)
         if kind == "zeroshot":
             templates = _templates(opts.templates)
@@ -466,8 +540,11 @@ def write_results(res: dict, out_dir: str) -> dict[str, str]:
     paths = {ext: os.path.join(out_dir, f"{task}.{ext}") for ext in ("json", "md", "png")}
     if "curves" in res:
         plot_recall_curves(res["curves"], paths["png"], title=f"{task} ({res['num_items']} queries)")
-    else:
+    elif "per_class" in res:
         plot_per_class(res["per_class"], paths["png"], title=f"{task}: per-class top-1")
+    else:  # multiple choice: accuracy beside chance
+        plot_per_class({"accuracy": res["metrics"]["accuracy"], "chance": res["chance"]["accuracy"]}, paths["png"],
+                       title=f"{task} ({res['num_items']} videos)")
     first = ("task", "dataset", "split", "metrics", "chance", "num_items", "num_failed", "command")
     keys = [k for k in first if k in res] + [k for k in res if k not in first and k != "curves"]
     data = {k: (res[k].tolist() if isinstance(res[k], np.ndarray) else res[k]) for k in keys}
@@ -490,7 +567,7 @@ class BenchmarkEvaluator(Evaluator):
         g = self.cfg.get
         return Options(split=g("split", None), batch=int(g("batch", 16)), workers=int(g("workers", 2)),
                        templates=g("templates", None), class_names=g("class_names", None),
-                       cache_dir=g("cache_dir", None))
+                       cache_dir=g("cache_dir", None), clips=int(g("clips", 1)), crops=int(g("crops", 1)))
 
     def compute(self, encoders, final, references):
         import jax
@@ -513,15 +590,22 @@ EVALUATORS: dict[str, type[Evaluator]] = {
     task: type(f"Benchmark_{task}", (BenchmarkEvaluator,), {"TASK": task}) for task in TASKS}
 
 
-def main_benchmark(backbone_dir: str, task: str, data_dir: str, out: str, opts: Options, command: str) -> dict:
-    """The `python -m tvts.evaluate --backbone ... --task ...` mode."""
-    from tvts import backbone as backbone_lib
-
-    bb = backbone_lib.load(backbone_dir)
-    opts.cache_dir = opts.cache_dir or os.path.join(out, "cache")
-    res = run_task(task, bb, data_dir, opts)
-    res.update(command=command, backbone=os.path.abspath(backbone_dir), spec=dict(bb.spec))
+def report_benchmark(encoders, task: str, data_dir: str, out: str, opts: Options, command: str, **about) -> dict:
+    """Runs `task` with `encoders`, writes out/<task>.{json,md,png} and prints the table; `about` (e.g. the
+    backbone or workdir) goes into the JSON."""
+    res = run_task(task, encoders, data_dir, opts)
+    res.update(command=command, views={"clips": opts.clips, "crops": opts.crops}, **about)
     paths = write_results(res, out)
     print(_markdown(res))
     print("wrote " + ", ".join(paths.values()))
     return res
+
+
+def main_benchmark(backbone_dir: str, task: str, data_dir: str, out: str, opts: Options, command: str) -> dict:
+    """The `python -m tvts.evaluate --backbone ... --task ...` mode (features cached in out/cache)."""
+    from tvts import backbone as backbone_lib
+
+    bb = backbone_lib.load(backbone_dir)
+    opts.cache_dir = opts.cache_dir or os.path.join(out, "cache")
+    return report_benchmark(bb, task, data_dir, out, opts, command, backbone=os.path.abspath(backbone_dir),
+                            spec=dict(bb.spec))
