@@ -169,15 +169,46 @@ def built(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def backbone_dir(tmp_path_factory):
+def tiny_run(tmp_path_factory):
+    """A tiny run's setup and parameters, exported as a backbone."""
     from tests.helpers import one_device_setup, tiny_config
     from tests.test_export import perturbed_params
     from tvts import export
 
     setup = one_device_setup(tiny_config())
+    params = perturbed_params(setup)
     out = str(tmp_path_factory.mktemp("backbone"))
-    export.export_run(setup, perturbed_params(setup), out, workdir="WORKDIR", step=1)
-    return out
+    export.export_run(setup, params, out, workdir="WORKDIR", step=1)
+    return setup, params, out
+
+
+@pytest.fixture(scope="module")
+def backbone_dir(tiny_run):
+    return tiny_run[2]
+
+
+def test_workdir_mode_gives_the_backbones_figures(built, tiny_run, tmp_path):
+    """`python -m tvts.evaluate --workdir RUN --task ...` (the checkpoint's Flax model, on the run's mesh of 8
+    devices: batch 8) scores as the backbone
+    exported from the same parameters (StableHLO)."""
+    from tests.test_export import make_run_workdir
+    from tvts import backbone as backbone_lib
+    from tvts import evaluate
+    from tvts.state import evaluation_encoders
+
+    setup, params, directory = tiny_run
+    workdir = str(tmp_path / "run")
+    make_run_workdir(workdir, setup.config, setup, params)
+    _, run_setup, step, state = evaluate.restore(None, workdir)
+    assert step == 3
+    encoders = evaluation_encoders(run_setup, state["params"])[0]
+    data_dir, _ = built
+    for task in ("msrvtt_retrieval", "hmdb51_zeroshot"):
+        got = bm.report_benchmark(encoders, task, data_dir, str(tmp_path / "res"), bm.Options(batch=8), "x",
+                                  workdir=workdir, step=step)
+        want = bm.run_task(task, backbone_lib.load(directory), data_dir, bm.Options(batch=8))
+        assert got["metrics"] == pytest.approx(want["metrics"], abs=1e-6), task
+    assert json.load(open(tmp_path / "res" / "hmdb51_zeroshot.json"))["workdir"] == workdir
 
 
 def _check_outputs(out, task, res):
