@@ -1,121 +1,66 @@
-"""Linear probe on frozen features: L2-regularised multinomial logistic regression in JAX.
+"""Linear probe on frozen features: multinomial logistic regression, two protocols.
 
-Objective, solved for every ``l2`` of the grid on standardised features (training mean/std)::
+``solver='lbfgs'`` (default), CLIP's protocol (Radford et al. 2021, appendix A.3: logistic regression
+by L-BFGS, L2 strength swept on a validation split). On features standardised with the training
+mean/std it solves::
 
     min_{W, b}  mean_i CE(softmax(x_i W + b), y_i)  +  l2 * ||W||_F^2        (bias not penalised)
 
-Solver
-------
-* The standardised training features are rotated onto their principal axes (float64 NumPy
-  eigendecomposition of the training covariance). A rotation changes neither the predictions
-  nor ``||W||_F``, and the regularised optimum has no weight outside the span of the centred
-  training features, so zero-variance directions are dropped *exactly* (this also guarantees
-  that test-feature directions never seen in training get zero weight).
-* In that basis the Böhning bound on the cross-entropy Hessian, ``0.5 * diag(var)`` per class
-  (plus ``2 * l2``), is diagonal and serves as preconditioner of Nesterov-accelerated gradient
-  descent with adaptive restart; the curvature scale is adapted by a sufficient-decrease test
-  (see :func:`_fit_path`). One step costs about one forward and one backward matmul, and the
-  loop is ``jit``-compiled (inputs padded to shape buckets so compilations are reused).
-* The grid is solved as a continuation path, largest ``l2`` first, each value warm-started
-  from the previous solution (small ``l2`` values, the slow ones, start close to their optimum).
+with ``optax.lbfgs`` (zoom line search) in a ``jax.lax.while_loop`` that stops after ``max_iter``
+iterations or once the gradient's L2 norm is ``<= tol``; float32, compiled once per
+``(N, D, num_classes)``; the cross-entropy is evaluated so that float32 resolves the tiny losses of
+nearly separable data. Constant features get zero weight, and as the solver starts at zero and
+moves only within the span of the training features, test directions never seen in training are
+ignored (up to rounding).
 
-Model selection: a stratified held-out part (``val_fraction``) of the training set picks
-``l2`` (by validation cross-entropy by default, or validation accuracy); the model is then
-refitted on all training data with that ``l2``, warm-started from the selected solution.
-Ties go to the larger ``l2``. ``return_model=True`` also returns the classifier on raw features.
+Model selection: a stratified part (``val_fraction``) of the training set is held out; the grid
+is solved from the largest ``l2`` down, each fit warm-started from the previous one, and ``l2`` is
+picked by validation cross-entropy (``select='accuracy'``: by validation accuracy, then
+cross-entropy); ties go to the larger ``l2``. The model is then refitted on all training data
+from the chosen solution. Both stages use the same standardisation (all training features; the
+held-out labels are unused until scoring), so the chosen ``l2`` means the same in both.
 
-Cost: at most ``len(l2_grid) * steps + refit_steps`` steps of ``O(N * min(N, D) * C)`` (stages
-stop early once converged). Measured for 1000 x 512 features on 2 shared CPU cores: ~0.7 s for
-10 classes, ~1.5 s for 100, ~4 s for 400, plus ~2 s of one-off compilation per new shape
-bucket. Full-batch: for very large training sets each step is a pass over all features.
+``solver='sgd'``, TVTS v1's linear probe (github.com/TencentARC/TVTS ``v1/``, read at commit
+290a63e): only a linear head on the frozen features is trained (``downstream/run_class_linear.py:343-346``);
+``scripts/linear_ssv2.sh``: ``--opt sgd --lr 0.1 --momentum 0.9 --weight_decay 1e-9
+--warmup_epochs 10 --epochs 100``, batch 12 x 32 GPUs = 384; ``--opt sgd`` is torch SGD with
+Nesterov momentum, bias not decayed (``downstream/optim_factory.py:58,123``); lr, min_lr and
+warmup_lr (both 1e-6) scaled by batch / 256 (``run_class_linear.py:365-369``); per-step schedule
+``utils.cosine_scheduler`` (``run_class_linear.py:415-417``, ``utils.py:399-416``):
+``np.linspace(warmup_lr, lr, W)`` over the W warm-up steps, then
+``min_lr + (lr - min_lr) (1 + cos(pi i / K)) / 2`` for i = 0 .. K-1; an epoch is ``N // batch``
+steps (``drop_last=True``, ``run_class_linear.py:280``). Here on raw features (v1 feeds the
+encoder's output to the head), zero-initialised head, batches of ``min(batch_size, N)`` from a
+seeded permutation per epoch; the last epoch's head is returned. Not reproduced: v1 re-augments
+the videos every epoch (features here are extracted once) and tests 2 segments x 3 crops; its
+defaults also train with mixup 0.8 / cutmix 1.0 / label smoothing 0.1 (``run_class_linear.py:99,
+121-124``) in fp16 and report the best epoch on the evaluation split. Caveat: the script also
+passes ``--enable_deepspeed``, with which the optimiser comes from the DeepSpeed config
+(``utils.py:506-530``: Adam in AdamW mode, same schedule) instead of ``--opt sgd``; this option
+follows the SGD that the script's flags name.
+
+Cost (measured on 2 CPU cores shared with other work, load average 2.5-4.7; 1000 x 512 training
+features, default grid of 7 values, tol 1e-6): lbfgs ~0.7 s for 10 classes and ~2.5 s for 100
+(7 selection fits plus the refit, ~190-310 L-BFGS iterations in all), plus 2.5-8 s of compilation
+on the first call per shape; sgd (100 epochs of 2 steps) ~0.2 s and ~0.4 s, plus ~0.6 s of
+compilation. Full batch: an L-BFGS iteration is a pass over all training features (the held-out
+rows too, with weight 0).
 """
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import functools
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+import optax.tree_utils as otu
 
 DEFAULT_L2_GRID = tuple(float(v) for v in np.logspace(-6, -1, 7))
 
-
-# ----------------------------------------------------------------------------------------------
-# Pre-processing: standardise + principal-axis rotation (float64)
-# ----------------------------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def _single_threaded_blas():
-    """Run NumPy's OpenBLAS single-threaded on *this* thread for the block.
-
-    Threaded OpenBLAS LAPACK on a busy CPU (e.g. next to a training job) can be 10-50x slower
-    than one thread for the small (D x D) problems here; ``openblas_set_num_threads_local``
-    only affects the calling thread and the previous value is restored. No-op when the symbol
-    is unavailable (other BLAS, other OS).
-    """
-    setters = _openblas_thread_setters()
-    previous = [f(1) for f in setters]
-    try:
-        yield
-    finally:
-        for f, n in zip(setters, previous):
-            f(n)
-
-
-@functools.lru_cache(maxsize=1)
-def _openblas_thread_setters():
-    setters = []
-    try:
-        with open('/proc/self/maps') as fh:
-            paths = {line.split()[-1] for line in fh if 'openblas' in line.lower()}
-    except OSError:
-        return ()
-    for path in sorted(paths):
-        try:
-            fn = ctypes.CDLL(path).openblas_set_num_threads_local
-        except (OSError, AttributeError):
-            continue
-        fn.restype = ctypes.c_int
-        fn.argtypes = [ctypes.c_int]
-        setters.append(fn)
-    return tuple(setters)
-
-
-class _Basis:
-    """Training-set standardisation followed by projection on the kept principal axes.
-
-    Computed in float64 NumPy; ``train`` and ``__call__`` return float64 arrays.
-    """
-
-    def __init__(self, x: np.ndarray, rel_tol: float = 1e-9):
-        x = np.asarray(x, dtype=np.float64)
-        with _single_threaded_blas():
-            self.mean = x.mean(axis=0)
-            std = x.std(axis=0)
-            scale = max(1.0, float(np.abs(self.mean).max(initial=0.0)))
-            self.std = np.where(std > 1e-12 * scale, std, 1.0)   # constant features -> zeros
-            xs = (x - self.mean) / self.std
-            var, axes = np.linalg.eigh(xs.T @ xs / x.shape[0])
-            keep = var > rel_tol * max(float(var.max(initial=0.0)), 1e-300)
-            self.var = var[keep]                                  # [r] variances along axes
-            self.rotation = axes[:, keep]                         # [D, r]
-            self.train = xs @ self.rotation                        # [N, r]
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        with _single_threaded_blas():
-            return ((np.asarray(x, dtype=np.float64) - self.mean) / self.std) @ self.rotation
-
-    def to_raw(self, w: np.ndarray, b: np.ndarray):
-        """``(w [r, C], b [C])`` in this basis -> ``(W [D, C], b' [C])`` on raw features."""
-        weights = (self.rotation @ w) / self.std[:, None]
-        return weights, b - self.mean @ weights
-
-    def from_raw(self, weights: np.ndarray, bias: np.ndarray):
-        """Inverse of :meth:`to_raw` (projects on the kept axes)."""
-        return self.rotation.T @ (self.std[:, None] * weights), bias + self.mean @ weights
+# TVTS v1's fixed linear-probe settings (module docstring); min_lr, warmup_lr are per 256 samples.
+V1_SGD = dict(min_lr=1e-6, warmup_lr=1e-6, momentum=0.9, weight_decay=1e-9, warmup_epochs=10)
 
 
 def _stratified_split(y: np.ndarray, fraction: float, seed: int):
@@ -131,204 +76,181 @@ def _stratified_split(y: np.ndarray, fraction: float, seed: int):
     return np.setdiff1d(np.arange(y.size), val), val
 
 
+def _scores(x: np.ndarray, y: np.ndarray, weights: np.ndarray, bias: np.ndarray):
+    """Accuracy (percent; a true class tied for the top logit counts as wrong) and mean cross-entropy."""
+    logits = x @ weights + bias
+    true = np.take_along_axis(logits, y[:, None], axis=1)
+    top = logits.max(axis=1, keepdims=True)
+    lse = top[:, 0] + np.log(np.sum(np.exp(logits - top), axis=1))
+    return 100.0 * float(np.mean(np.sum(logits >= true, axis=1) == 1)), float(np.mean(lse - true[:, 0]))
+
+
 # ----------------------------------------------------------------------------------------------
-# Solver (JAX, float32)
+# L-BFGS (CLIP protocol)
 # ----------------------------------------------------------------------------------------------
 
-_ROW_BUCKET = 128     # samples are zero-padded (and masked) to a multiple of this ...
-_COL_BUCKET = 32      # ... and features to a multiple of this, so compiled solvers get reused
-_RESYNC = 16          # solver steps between exact recomputations of the stored logits
+def _objective(params, x, onehot, weight, present, l2):
+    w, b = params
+    # A class without training samples would drive its unpenalised bias to -inf (ever more slowly):
+    # its bias stays at the initial value instead.
+    logits = x @ w + jnp.where(present, b, jax.lax.stop_gradient(b))
+    # log-sum-exp as top + log1p(sum of the others): near separability (losses of 1e-4 and less)
+    # log_softmax's log(1 + small) rounds loss and gradient in float32 and the line search stalls.
+    top_idx = jnp.argmax(logits, axis=-1)
+    top = jnp.take_along_axis(logits, top_idx[:, None], axis=-1)
+    others = jnp.sum(jnp.exp(logits - top) * (1.0 - jax.nn.one_hot(top_idx, logits.shape[-1])), axis=-1)
+    ce = jnp.sum(onehot * (top - logits), axis=-1) + jnp.log1p(others)
+    return jnp.sum(weight * ce) + l2 * jnp.sum(w * w)
 
 
-def _round_up(n: int, m: int) -> int:
-    return max(m, -(-n // m) * m)
+@jax.jit
+def _lbfgs(params, x, onehot, weight, present, l2, max_iter, tol):
+    """Minimises :func:`_objective` from ``params``; ``weight`` [N] sums to 1 over the rows fitted
+    (0 elsewhere, so selection and refit share one compiled shape). Returns (params, iterations)."""
+    fun = functools.partial(_objective, x=x, onehot=onehot, weight=weight, present=present, l2=l2)
+    opt = optax.lbfgs()
+    value_and_grad = optax.value_and_grad_from_state(fun)
+
+    def step(carry):
+        params, state = carry
+        value, grad = value_and_grad(params, state=state)
+        updates, state = opt.update(grad, state, params, value=value, grad=grad, value_fn=fun)
+        return optax.apply_updates(params, updates), state
+
+    def cond(carry):
+        _, state = carry
+        count = otu.tree_get(state, 'count')
+        return (count == 0) | ((count < max_iter) & (otu.tree_norm(otu.tree_get(state, 'grad')) > tol))
+
+    params, state = jax.lax.while_loop(cond, step, (params, opt.init(params)))
+    return params, otu.tree_get(state, 'count')
 
 
-@functools.partial(jax.jit, static_argnames=('num_classes',))
-def _fit_path(z, y, mask, var, l2s, w_init, b_init, bias_mask, max_steps, tol, *,
-              num_classes: int):
-    """Accelerated, diagonally preconditioned gradient descent along a path of ``l2`` values.
+def _fit_lbfgs(train_x, train_y, num_classes, grid, val_fraction, seed, select, max_iter, tol):
+    mean, std = train_x.mean(axis=0), train_x.std(axis=0)
+    # Constant features become zero columns (then their weight never moves from 0).
+    std = np.where(std > 1e-12 * max(1.0, float(np.abs(mean).max())), std, 1.0)
+    xs = jnp.asarray((train_x - mean) / std, jnp.float32)
+    onehot = jax.nn.one_hot(train_y, num_classes, dtype=jnp.float32)
+    counts = np.bincount(train_y, minlength=num_classes)
+    present = counts > 0
+    params = (jnp.zeros((train_x.shape[1], num_classes)),               # bias: smoothed log priors
+              jnp.asarray(np.log((counts + 1.0) / (counts.sum() + num_classes)), jnp.float32))
 
-    The ``l2s`` are solved in the given order (strongest first), each warm-started from the
-    previous solution (the first from ``(w_init, b_init)``), momentum reset at every stage.
+    def fit(params, l2, rows):
+        weight = np.zeros(len(train_y), np.float32)
+        weight[rows] = 1.0 / len(rows)
+        params, k = _lbfgs(params, xs, onehot, weight, present, np.float32(l2), np.int32(max_iter),
+                           np.float32(tol))
+        return params, int(k)
 
-    ``z [N, r]`` are rotated features (columns with variances ``var``), ``mask [N]`` is 1 for
-    real samples and 0 for padding (padded rows/columns of ``z`` are zero). ``bias_mask [C]``
-    is 0 for classes without training samples: their bias stays at its initial value (the
-    unpenalised optimum would be ``-inf``, approached ever more slowly).
+    def to_raw(params):
+        weights = np.asarray(params[0], np.float64) / std[:, None]
+        return weights, np.asarray(params[1], np.float64) - mean @ weights
 
-    The step is ``-M_c^-1 grad`` with ``M_c = diag(c * var + 2 l2 ; c)`` (weights ; bias). For
-    ``c = 1/2`` this is the Böhning majoriser of the objective, so that step always decreases
-    it; smaller ``c`` (down to ``1/(4C)``, below the curvature near uniform predictions) gives
-    longer steps and is accepted only when the sufficient-decrease test
-    ``f(y - d) <= f(y) - <grad, d> / 2`` holds, otherwise ``c`` doubles (capped at 1/2).
-    ``c`` shrinks by 10% per step and carries over from one stage to the next. Nesterov
-    momentum (FISTA sequence) restarts when the step goes against the gradient (O'Donoghue &
-    Candes' gradient scheme). Logits are linear in the parameters, so the momentum point's
-    logits are a combination of stored ones: one backward matmul per step plus one forward
-    matmul per trial step; every ``_RESYNC`` steps the stored logits are recomputed from the
-    parameters so float32 rounding cannot accumulate. A stage stops after ``max_steps`` or once
-    its squared gradient norm in the inverse Böhning metric is ``<= tol``.
-
-    Returns ``(w [G, r, C], b [G, C], total steps run)``.
-    """
-    dtype = z.dtype
-    onehot = jax.nn.one_hot(y, num_classes, dtype=dtype)
-    weight = mask / jnp.sum(mask)                            # [N], sums to 1
-    c_max = 0.5
-    c_min = 0.25 / num_classes
-
-    def solve(carry0, l2):
-        w0, b0, c0 = carry0
-
-        def step(carry):
-            k, (w, b, lg), (wp, bp, lgp), t, c, _ = carry
-            lg, lgp = jax.lax.cond(
-                (k % _RESYNC == 0) & (k > 0),
-                lambda: (z @ w + b, z @ wp + bp), lambda: (lg, lgp))
-            t_next = (1.0 + jnp.sqrt(1.0 + 4.0 * t * t)) / 2.0
-            beta = (t - 1.0) / t_next
-            yw = w + beta * (w - wp)
-            yb = b + beta * (b - bp)
-            ylg = lg + beta * (lg - lgp)
-            p = jax.nn.softmax(ylg, axis=-1)
-            g_logits = weight[:, None] * (p - onehot)
-            gw = z.T @ g_logits + 2.0 * l2 * yw
-            gb = jnp.sum(g_logits, axis=0) * bias_mask
-
-            def trial(c_):
-                dw = gw / (c_ * var + 2.0 * l2)[:, None]
-                db = gb / c_
-                dlg = z @ dw + db
-                # Objective change f(y - d) - f(y), computed from differences (not as the
-                # difference of two rounded objective values, which float32 cannot resolve
-                # near the optimum): per sample, lse(l - dl) - lse(l) = log sum_k p_k e^-dl_k.
-                d_lse = jnp.log1p(jnp.sum(p * jnp.expm1(-dlg), axis=-1))
-                d_true = jnp.sum(dlg * onehot, axis=-1)
-                change = (jnp.sum(weight * (d_lse + d_true))
-                          + l2 * (jnp.sum(dw * dw) - 2.0 * jnp.sum(yw * dw)))
-                decrease = 0.5 * (jnp.sum(gw * dw) + jnp.sum(gb * db))
-                return c_, (yw - dw, yb - db, ylg - dlg), change, decrease
-
-            def bt_cond(state):
-                c_, _, change, decrease = state
-                return (c_ < c_max) & ~(change <= -decrease)
-
-            def bt_body(state):
-                return trial(jnp.minimum(2.0 * state[0], c_max))
-
-            c, new, _, _ = jax.lax.while_loop(
-                bt_cond, bt_body, trial(jnp.maximum(0.9 * c, c_min)))
-            # Gradient-based adaptive restart: drop momentum when the step opposes the gradient.
-            restart = (jnp.sum(gw * (new[0] - w)) + jnp.sum(gb * (new[1] - b))) > 0.0
-            t_next = jnp.where(restart, 1.0, t_next)
-            q = jnp.sum(gw * gw / (c_max * var + 2.0 * l2)[:, None]) + jnp.sum(gb * gb) / c_max
-            return k + 1, new, (w, b, lg), t_next, c, q
-
-        def cond(carry):
-            k, *_, q = carry
-            return (k < max_steps) & (q > tol)
-
-        lg0 = z @ w0 + b0
-        x0 = (w0, b0, lg0)
-        init = (jnp.asarray(0), x0, x0, jnp.asarray(1.0, dtype), c0,
-                jnp.asarray(jnp.inf, dtype))
-        k, (w, b, _), _, _, c, _ = jax.lax.while_loop(cond, step, init)
-        return (w, b, c), (w, b, k)
-
-    _, (w, b, k) = jax.lax.scan(solve, (w_init, b_init, jnp.asarray(c_max, dtype)), l2s)
-    return w, b, jnp.sum(k)
-
-
-def _fit(z: np.ndarray, y: np.ndarray, var: np.ndarray, l2s, num_classes: int,
-         max_steps: int, tol: float, init=None):
-    """Runs :func:`_fit_path` over ``l2s`` (sorted strongest first internally) on inputs padded
-    to the shape buckets; ``init = (w [r, C], b [C])`` warm-starts the first stage (default:
-    zero weights, bias = log class priors). Returns float64 ``(w [G, r, C], b [G, C], steps)``
-    in the order of ``l2s``.
-    """
-    n, r = z.shape
-    n_pad, r_pad = _round_up(n, _ROW_BUCKET), _round_up(r, _COL_BUCKET)
-    z_pad = np.zeros((n_pad, r_pad), np.float32)
-    z_pad[:n, :r] = z
-    y_pad = np.zeros(n_pad, np.int32)
-    y_pad[:n] = y
-    mask = np.zeros(n_pad, np.float32)
-    mask[:n] = 1.0
-    var_pad = np.ones(r_pad, np.float32)          # padded columns: zero gradient, weights stay 0
-    var_pad[:r] = var
-    w0 = np.zeros((r_pad, num_classes), np.float32)
-    if init is None:
-        counts = np.bincount(y, minlength=num_classes).astype(np.float64)
-        b0 = np.log((counts + 1.0) / (counts.sum() + num_classes)).astype(np.float32)
+    total_steps = 0
+    val_acc = val_loss = None
+    if grid.size == 1:
+        chosen = float(grid[0])
     else:
-        w0[:r] = init[0]
-        b0 = np.asarray(init[1], np.float32)
-    bias_mask = (np.bincount(y, minlength=num_classes) > 0).astype(np.float32)
-    order = np.argsort(-np.asarray(l2s, np.float64), kind='stable')   # strongest first
-    w, b, k = _fit_path(z_pad, y_pad, mask, var_pad, np.asarray(l2s, np.float32)[order], w0, b0,
-                        bias_mask, np.int32(max_steps), np.float32(tol), num_classes=num_classes)
-    inverse = np.argsort(order)
-    return np.asarray(w, np.float64)[inverse, :r], np.asarray(b, np.float64)[inverse], int(k)
+        fit_idx, val_idx = _stratified_split(train_y, val_fraction, seed)
+        if val_idx.size == 0:
+            raise ValueError('empty validation split; raise val_fraction or pass one l2 value')
+        solutions, val_acc, val_loss = {}, np.zeros(grid.size), np.zeros(grid.size)
+        for g in range(grid.size - 1, -1, -1):        # largest l2 first: an easy start for the next
+            params, k = fit(params, grid[g], fit_idx)
+            total_steps += k
+            solutions[g] = params
+            val_acc[g], val_loss[g] = _scores(train_x[val_idx], train_y[val_idx], *to_raw(params))
+        # np.lexsort sorts by its last key first, ascending; -grid first => ties -> larger l2.
+        keys = (-grid, val_loss) if select == 'loss' else (-grid, val_loss, -val_acc)
+        best = int(np.lexsort(keys)[0])
+        chosen, params = float(grid[best]), solutions[best]
+    params, k = fit(params, chosen, np.arange(len(train_y)))
+    return to_raw(params), chosen, total_steps + k, val_acc, val_loss
 
 
-def _accuracy_and_loss(z: np.ndarray, y: np.ndarray, w: np.ndarray, b: np.ndarray,
-                       rows: int = 8192):
-    """Accuracy (percent) and mean cross-entropy of each model ``(w [G, r, C], b [G, C])``.
+# ----------------------------------------------------------------------------------------------
+# SGD (TVTS v1 protocol)
+# ----------------------------------------------------------------------------------------------
 
-    A true class tied with another for the top logit counts as wrong (as in the other
-    evaluators). Evaluated in blocks of ``rows`` samples, one model at a time.
-    """
-    correct = np.zeros(len(w))
-    nll = np.zeros(len(w))
-    with _single_threaded_blas():
-        for g in range(len(w)):
-            for start in range(0, len(y), rows):
-                logits = z[start:start + rows] @ w[g] + b[g]                 # [n, C]
-                yy = y[start:start + rows]
-                true = np.take_along_axis(logits, yy[:, None], axis=1)
-                top = logits.max(axis=1, keepdims=True)
-                lse = top[:, 0] + np.log(np.sum(np.exp(logits - top), axis=1))
-                correct[g] += np.sum(np.sum(logits >= true, axis=1) == 1)
-                nll[g] += np.sum(lse - true[:, 0])
-    return 100.0 * correct / len(y), nll / len(y)
+def v1_lr_schedule(num_train: int, batch_size: int = 384, epochs: int = 100, lr: float = 0.1):
+    """TVTS v1's per-step learning rate as an optax schedule (formula in the module docstring)."""
+    steps_per_epoch = num_train // batch_size
+    scale = batch_size / 256
+    warmup = V1_SGD['warmup_epochs'] * steps_per_epoch
+    if epochs <= V1_SGD['warmup_epochs'] or steps_per_epoch == 0:
+        raise ValueError(f"need more than {V1_SGD['warmup_epochs']} epochs and batch_size <= num_train")
+    return optax.join_schedules(
+        # np.linspace includes its end point: the last warm-up step is already at lr.
+        [optax.linear_schedule(V1_SGD['warmup_lr'] * scale, lr * scale, warmup - 1),
+         optax.cosine_decay_schedule(lr * scale, epochs * steps_per_epoch - warmup, alpha=V1_SGD['min_lr'] / lr)],
+        [warmup])
+
+
+@functools.partial(jax.jit, static_argnames=('num_classes', 'schedule_args'))
+def _sgd(x, y, order, *, num_classes, schedule_args):
+    opt = optax.chain(optax.add_decayed_weights(V1_SGD['weight_decay'], mask=(True, False)),   # not the bias
+                      optax.sgd(v1_lr_schedule(*schedule_args), momentum=V1_SGD['momentum'], nesterov=True))
+
+    def loss(params, xb, yb):
+        return optax.softmax_cross_entropy_with_integer_labels(xb @ params[0] + params[1], yb).mean()
+
+    def step(carry, idx):
+        params, state = carry
+        updates, state = opt.update(jax.grad(loss)(params, x[idx], y[idx]), state, params)
+        return (optax.apply_updates(params, updates), state), None
+
+    params = (jnp.zeros((x.shape[1], num_classes)), jnp.zeros(num_classes))
+    (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), order)
+    return params
+
+
+def _fit_sgd(train_x, train_y, num_classes, seed, epochs, batch_size, lr):
+    n = len(train_y)
+    batch = min(batch_size, n)
+    steps = n // batch
+    rng = np.random.default_rng(seed)
+    order = np.stack([rng.permutation(n)[:steps * batch] for _ in range(epochs)]).reshape(-1, batch)
+    w, b = _sgd(jnp.asarray(train_x, jnp.float32), jnp.asarray(train_y, jnp.int32), order,
+                num_classes=num_classes, schedule_args=(n, batch, epochs, float(lr)))
+    return (np.asarray(w, np.float64), np.asarray(b, np.float64)), len(order)
 
 
 # ----------------------------------------------------------------------------------------------
 # Public API
 # ----------------------------------------------------------------------------------------------
 
-def linear_probe(train_x, train_y, test_x, test_y, *, num_classes: int | None = None,
-                 l2_grid: Sequence[float] = DEFAULT_L2_GRID, val_fraction: float = 0.2,
-                 seed: int = 0, steps: int = 60, refit_steps: int = 120, tol: float = 1e-10,
-                 select: str = 'loss', return_model: bool = False) -> dict:
-    """Multinomial logistic-regression probe with ``l2`` chosen on held-out training data.
+def linear_probe(train_x, train_y, test_x, test_y, *, num_classes: int | None = None, solver: str = 'lbfgs',
+                 l2_grid: Sequence[float] = DEFAULT_L2_GRID, val_fraction: float = 0.2, seed: int = 0,
+                 select: str = 'loss', max_iter: int = 1000, tol: float = 1e-6, epochs: int = 100,
+                 batch_size: int = 384, lr: float = 0.1, return_model: bool = False) -> dict:
+    """Multinomial logistic-regression probe (protocols in the module docstring).
 
     Args:
       train_x, test_x: ``[N, D]`` features. train_y, test_y: ``[N]`` int labels.
       num_classes: default ``max(label) + 1`` over train and test.
-      l2_grid: candidate penalties (objective in the module docstring, standardised features).
-        A single value skips the validation split.
+      solver: ``'lbfgs'`` (CLIP protocol, ``l2`` chosen on held-out training data) or ``'sgd'``
+        (TVTS v1's protocol; ignores ``l2_grid``, ``val_fraction``, ``select``, ``max_iter``, ``tol``).
+      l2_grid: candidate penalties on standardised features; a single value skips the validation split.
       val_fraction: stratified fraction of the training set held out to choose ``l2``.
-      seed: seed of the train/validation split (the optimisation itself is deterministic).
-      steps: maximum solver steps per grid value on the selection path (largest ``l2`` first,
-        each warm-started from the previous one).
-      refit_steps: maximum steps of the final fit on all training data at the chosen ``l2``,
-        warm-started from the selection solution. Any fit stops early once its squared
-        preconditioned gradient norm is ``<= tol``.
-      select: ``'loss'`` (validation cross-entropy, default: smooth and reliable even with few
-        validation samples per class) or ``'accuracy'`` (validation accuracy, ties broken by
-        cross-entropy). Remaining ties go to the larger ``l2``.
+      seed: seed of the train/validation split (lbfgs) or of the batch order (sgd).
+      select: ``'loss'`` (validation cross-entropy, default: smooth even with few validation samples
+        per class) or ``'accuracy'`` (ties broken by cross-entropy). Remaining ties -> larger ``l2``.
+      max_iter, tol: each L-BFGS fit stops after ``max_iter`` iterations or at gradient norm ``<= tol``.
+      epochs, batch_size, lr: sgd only, v1's values by default; ``lr`` is per 256 samples (v1's
+        ``--lr``) and the batch is ``min(batch_size, N)``.
       return_model: also return ``'weights' [D, C]`` and ``'bias' [C]`` acting on the *raw*
-        features (standardisation folded in): ``logits = x @ weights + bias``.
+        features: ``logits = x @ weights + bias``.
     Returns:
-      ``{'accuracy': test percent, 'l2': chosen, 'train_accuracy': percent on all train data,
-      'test_loss', 'l2_grid', 'val_accuracy', 'val_loss' (lists over the ascending grid, None
-      when the grid has one value), 'steps': solver steps run in total}``. Accuracies count a
-      true class tied with another for the top score as wrong.
+      ``{'accuracy': test percent, 'l2': chosen (None for sgd), 'train_accuracy': percent on all
+      train data, 'test_loss', 'l2_grid', 'val_accuracy', 'val_loss' (lists over the ascending grid;
+      None for sgd or a one-value grid), 'steps': L-BFGS iterations or SGD steps in total,
+      'solver', 'weight_decay' (sgd: v1's 1e-9 torch weight decay, i.e. l2 = 5e-10; lbfgs: None)}``.
+      Accuracies count a true class tied with another for the top score as wrong.
     """
-    train_x = np.asarray(train_x)
-    test_x = np.asarray(test_x)
+    train_x = np.asarray(train_x, dtype=np.float64)
+    test_x = np.asarray(test_x, dtype=np.float64)
     train_y = np.asarray(train_y).astype(np.int64)
     test_y = np.asarray(test_y).astype(np.int64)
     if train_x.ndim != 2 or test_x.ndim != 2 or train_x.shape[1] != test_x.shape[1]:
@@ -338,8 +260,7 @@ def linear_probe(train_x, train_y, test_x, test_y, *, num_classes: int | None = 
     if train_x.shape[0] == 0 or test_x.shape[0] == 0:
         raise ValueError('empty train or test set')
     labels_max = int(max(train_y.max(), test_y.max()))
-    if num_classes is None:
-        num_classes = labels_max + 1
+    num_classes = labels_max + 1 if num_classes is None else num_classes
     if min(train_y.min(), test_y.min()) < 0 or labels_max >= num_classes:
         raise ValueError('labels out of range')
     if select not in ('loss', 'accuracy'):
@@ -348,46 +269,29 @@ def linear_probe(train_x, train_y, test_x, test_y, *, num_classes: int | None = 
     if grid.size == 0 or np.any(grid <= 0):
         raise ValueError('l2_grid must hold positive values')
 
-    val_acc = val_loss = init = None
-    total_steps = 0
-    if grid.size == 1:
-        chosen = float(grid[0])
-        fit_steps = steps + refit_steps
+    val_acc = val_loss = None
+    if solver == 'lbfgs':
+        (weights, bias), chosen, steps, val_acc, val_loss = _fit_lbfgs(
+            train_x, train_y, num_classes, grid, val_fraction, seed, select, max_iter, tol)
+    elif solver == 'sgd':
+        (weights, bias), steps = _fit_sgd(train_x, train_y, num_classes, seed, epochs, batch_size, lr)
+        chosen = grid = None
     else:
-        fit_idx, val_idx = _stratified_split(train_y, val_fraction, seed)
-        if val_idx.size == 0:
-            raise ValueError('empty validation split; raise val_fraction or pass one l2 value')
-        sub = _Basis(train_x[fit_idx])
-        w, b, k = _fit(sub.train, train_y[fit_idx], sub.var, grid, num_classes, steps, tol)
-        total_steps += k
-        val_acc, val_loss = _accuracy_and_loss(sub(train_x[val_idx]), train_y[val_idx], w, b)
-        # np.lexsort sorts by its last key first, ascending; -grid first => ties -> larger l2.
-        if select == 'loss':
-            best = np.lexsort((-grid, val_loss))[0]
-        else:
-            best = np.lexsort((-grid, val_loss, -val_acc))[0]
-        chosen = float(grid[best])
-        init = sub.to_raw(w[best], b[best])
-        fit_steps = refit_steps
-
-    basis = _Basis(train_x)
-    if init is not None:
-        init = basis.from_raw(*init)
-    w, b, k = _fit(basis.train, train_y, basis.var, np.array([chosen]), num_classes, fit_steps,
-                   tol, init=init)
-    total_steps += k
-    train_acc, _ = _accuracy_and_loss(basis.train, train_y, w, b)
-    test_acc, test_loss = _accuracy_and_loss(basis(test_x), test_y, w, b)
+        raise ValueError(f"solver must be 'lbfgs' or 'sgd', got {solver!r}")
+    train_acc, _ = _scores(train_x, train_y, weights, bias)
+    test_acc, test_loss = _scores(test_x, test_y, weights, bias)
     out = {
-        'accuracy': float(test_acc[0]),
+        'accuracy': test_acc,
         'l2': chosen,
-        'train_accuracy': float(train_acc[0]),
-        'test_loss': float(test_loss[0]),
-        'l2_grid': [float(v) for v in grid],
+        'train_accuracy': train_acc,
+        'test_loss': test_loss,
+        'l2_grid': None if grid is None else [float(v) for v in grid],
         'val_accuracy': None if val_acc is None else [float(v) for v in val_acc],
         'val_loss': None if val_loss is None else [float(v) for v in val_loss],
-        'steps': total_steps,
+        'steps': steps,
+        'solver': solver,
+        'weight_decay': V1_SGD['weight_decay'] if solver == 'sgd' else None,
     }
     if return_model:
-        out['weights'], out['bias'] = basis.to_raw(w[0], b[0])
+        out['weights'], out['bias'] = weights, bias
     return out
