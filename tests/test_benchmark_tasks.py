@@ -338,6 +338,9 @@ def test_planted_embeddings_score_100(built, monkeypatch, dataset):
         res = bm.run_task(f"{dataset}_{kind}", enc, data_dir, bm.Options(batch=4))
         key = "R@1" if kind == "v2v" else "top1"
         assert res["metrics"][key] == 100.0, (kind, res["metrics"])
+    if dataset == "hmdb51":  # TVTS v1's probe: a linear head trained by SGD (no l2 search)
+        res = bm.run_task("hmdb51_linear", enc, data_dir, bm.Options(batch=4, probe="sgd"))
+        assert res["metrics"]["top1"] == 100.0 and res["solver"] == "sgd" and res["l2"] is None
         assert res["num_failed"] == 0
 
 

@@ -3,7 +3,7 @@
     python -m tvts.evaluate --workdir workdirs/demo [--step N] [--config configs/demo.py]
     python -m tvts.evaluate (--backbone BACKBONE_DIR | --workdir RUN [--step N]) --task TASK --data_dir TFDS_DIR \
         --out RESULTS_DIR [--split S] [--templates single|ensemble|'t1 {}|t2 {}'] [--class_names OVERRIDES.json] \
-        [--clips 1] [--crops 1|3] [--batch_size 16]
+        [--clips 1] [--crops 1|3] [--probe lbfgs|sgd] [--batch_size 16]
 
 The second form runs one downstream benchmark (tvts/evaluators/benchmarks.py, docs/evaluation.md) with an
 exported backbone, or a training run's newest (or given) checkpoint, on a built TFDS dataset and writes
@@ -89,7 +89,7 @@ def main(argv):
         if missing:
             raise app.UsageError(f"benchmark mode needs --{', --'.join(missing)}")
         opts = Options(split=f.split, batch=f.batch_size, workers=f.workers, templates=f.templates,
-                       class_names=f.class_names, clips=f.clips, crops=f.crops)
+                       class_names=f.class_names, clips=f.clips, crops=f.crops, probe=f.probe)
         command = " ".join(["python -m tvts.evaluate", *sys.argv[1:]])
         if f.backbone:
             main_benchmark(f.backbone, f.task, f.data_dir, f.out, opts, command)
@@ -128,6 +128,8 @@ if __name__ == "__main__":
     flags.DEFINE_string("class_names", None, "Zero-shot: JSON file {class: phrase} overriding the readable names.")
     flags.DEFINE_integer("clips", 1, "Benchmark mode: clips per video (views averaged; published: 1).")
     flags.DEFINE_integer("crops", 1, "Benchmark mode: 1 (centre) or 3 crops per clip (views averaged).")
+    flags.DEFINE_enum("probe", "lbfgs", ["lbfgs", "sgd"], "Linear probe: L-BFGS logistic regression with l2 chosen "
+                      "on a validation split (CLIP's protocol) or a linear head trained by SGD (TVTS v1's).")
     flags.DEFINE_integer("batch_size", 16, "Benchmark mode: videos per encoder call.")
     flags.DEFINE_integer("workers", 2, "Benchmark mode: decoding threads.")
     app.run(main)

@@ -393,6 +393,7 @@ class Options:
     class_names: Any = None           # overrides: {class: phrase} or a JSON file path
     cache_dir: str | None = None
     l2_grid: Sequence[float] | None = None
+    probe: str = "lbfgs"              # linear probe: 'lbfgs' (CLIP's protocol) or 'sgd' (TVTS v1's)
     clips: int = 1                    # views per video: clips x crops, averaged (published: one view)
     crops: int = 1                    # 1 (centre) or 3 (start, centre, end of the long side)
 
@@ -465,11 +466,11 @@ def run_task(task: str, encoders, data_dir: str, opts: Options | None = None) ->
             probe = linear_probe(train.embeddings[ok], train.labels[ok], test_x[test_ok] if test_ok.any() else
                                  test_x[:1], test.labels[test_ok] if test_ok.any() else test.labels[:1],
                                  num_classes=len(names), l2_grid=tuple(opts.l2_grid or DEFAULT_L2_GRID),
-                                 return_model=True)
+                                 solver=opts.probe, return_model=True)
             logits = test_x.astype(np.float64) @ probe["weights"] + probe["bias"]
             logits[~test_ok] = np.nan
             metrics, rank = topk_from_logits(logits, test.labels)
-            res.update(num_train=len(train.ids), num_train_used=int(ok.sum()), l2=probe["l2"],
+            res.update(num_train=len(train.ids), num_train_used=int(ok.sum()), solver=probe["solver"], l2=probe["l2"],
                        train_accuracy=probe["train_accuracy"], l2_grid=probe["l2_grid"],
                        val_accuracy=probe["val_accuracy"])
         else:  # v2v
@@ -567,7 +568,8 @@ class BenchmarkEvaluator(Evaluator):
         g = self.cfg.get
         return Options(split=g("split", None), batch=int(g("batch", 16)), workers=int(g("workers", 2)),
                        templates=g("templates", None), class_names=g("class_names", None),
-                       cache_dir=g("cache_dir", None), clips=int(g("clips", 1)), crops=int(g("crops", 1)))
+                       cache_dir=g("cache_dir", None), clips=int(g("clips", 1)), crops=int(g("crops", 1)),
+                       probe=g("probe", "lbfgs"))
 
     def compute(self, encoders, final, references):
         import jax
