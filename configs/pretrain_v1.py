@@ -51,15 +51,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.groups = {"new": 1e-4}  # every parameter, one group (tvts.state.V1_PUBLISHED_RULES)
     c.optim.weight_decay = 0.0
     c.optim.b1, c.optim.b2, c.optim.eps = 0.9, 0.999, 1e-6
-    if args.stage == "yttemporal":
-        c.model.num_frames = 16  # 4 clips x 4 frames (v1/configs/dist-yt-pt.json:38)
+    c.model.num_frames = 16  # the model's frames in both stages (v1/configs/dist-yt-pt.json:9, dist-cc-web-pt.json:9)
+    if args.stage == "yttemporal":  # 4 clips x 4 frames (v1/configs/dist-yt-pt.json:38)
         c.model.mask_ratio = 0.75  # per tube (v1/data_loader/YTTemporal_dataset.py:68)
         c.data.sources = ("transcribed",)
         c.data.transcribed_batch = 24 * GPUS
         c.optim.schedule = "step"
         c.optim.decay_at = (12 / 20, 16 / 20)  # --schedule 12 16 of 20 epochs
     else:
-        c.model.num_frames = 4  # WebVid (v1/configs/dist-cc-web-pt.json:59)
+        c.data.num_frames.captioned = 4  # WebVid's own (v1/configs/dist-cc-web-pt.json:59): 2 tubes
         c.model.captioned_mask_ratio = 0.0  # v1/base/base_dataset.py:129
         c.data.sources = ("captioned",)
         c.data.captioned_batch = 48 * GPUS

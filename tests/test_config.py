@@ -40,6 +40,8 @@ from tvts.evaluators.registry import check_entries
     ("grad_accum_steps", 0, "grad_accum_steps=0 must be positive"),
     ("total_steps", 0, "total_steps=0 must be positive"),
     ("resume", "random", "resume takes a checkpoint directory"),
+    ("data.num_frames", {"transcribed": 13, "captioned": -1}, r"num_frames.transcribed=13: must be in \[1, 12\]"),
+    ("data.num_frames", {"transcribed": -1, "captioned": 0}, r"num_frames.captioned=0: must be in"),
 ])
 def test_bad_config_values_fail_before_allocation(field, value, message):
     config = tiny_config(**{"optim.rules": ((r".*", "new"),)} if field == "optim.freeze_text_embeddings" else {})
@@ -135,3 +137,27 @@ def test_frames_the_synthetic_corpus_cannot_split_fail_in_validation():
     validate(config)  # the model takes 6 frames; only the corpus cannot split them into 4 clips
     with pytest.raises(ValueError, match="num_frames=6"):
         validate_data(config)
+
+
+def test_frames_per_source():
+    """data.num_frames gives a source its own frame count (TVTS v1's first stage: WebVid at 4 frames); the data
+    sources sample it, the FLOP count uses it, and a count the source's reader cannot use fails in validation."""
+    from tvts.config import source_frames, validate_data
+    from tvts.data.pipeline import make_sources
+    from tvts.flops import step_shape
+
+    config = tiny_config(**{"model.num_frames": 8, "data.num_frames.captioned": 4,
+                            "data.sources": ("transcribed", "captioned")})
+    validate(config)
+    validate_data(config)
+    assert (source_frames(config, "transcribed"), source_frames(config, "captioned")) == (8, 4)
+    assert (step_shape(config, "transcribed").frames, step_shape(config, "captioned").frames) == (8, 4)
+    frames = {k: source_frames(config, k) for k in config.data.sources}
+    sources = make_sources(config.data, 32, frames)
+    assert {k: s.batch(0)["video"].shape[1] for k, s in sources.items()} == {"transcribed": 8, "captioned": 4}
+    with pytest.raises(ValueError, match="num_frames=6"):   # the synthetic corpus splits frames over 4 clips
+        validate_data(tiny_config(**{"data.num_frames.captioned": 6, "data.sources": ("transcribed", "captioned")}))
+    v1 = load_config("configs/demo_v1.py:eval=False")
+    apply_overrides(v1, {"data.num_frames.captioned": 3})
+    with pytest.raises(ValueError, match=r"data.num_frames.captioned=3: v1-tiny embeds tubelets of 2 frames"):
+        validate(v1)

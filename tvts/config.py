@@ -80,6 +80,8 @@ def base_config(args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         source_start=dict(transcribed=0.0, captioned=0.0),  # fraction of the iterations before a source starts
         transcribed_batch=24 * 8,  # global batch per source
         captioned_batch=24 * 8,
+        # frames per sample of each source; -1: model.num_frames (TVTS v1's first stage: WebVid at 4 frames)
+        num_frames=dict(transcribed=-1, captioned=-1),
         context_length=77,
         # the text tower's: 'clip_bpe' for TVTSv2, 'wordpiece' for TVTS v1 (tvts.data.tokenizer.text_tokenizer)
         tokenizer="clip_bpe",
@@ -165,6 +167,13 @@ def mask_ratio(config: Any, kind: str = "transcribed") -> float:
     return variant.mask_ratio if config.model.mask_ratio < 0 else config.model.mask_ratio
 
 
+def source_frames(config: Any, kind: str) -> int:
+    """Frames per sample of source `kind`: config.data.num_frames[kind], or (-1, or absent from configs saved
+    before the field existed) config.model.num_frames."""
+    frames = int(config.data.get("num_frames", {}).get(kind, -1))
+    return config.model.num_frames if frames == -1 else frames
+
+
 def tokenizer_name(config: Any) -> str:
     """config.data.tokenizer ('clip_bpe' in configs saved before the field existed)."""
     return config.data.get("tokenizer", "") or "clip_bpe"
@@ -185,6 +194,12 @@ def validate(config: Any, num_devices: int | None = None, process_count: int | N
     if not 1 <= config.model.num_frames <= variant.video.max_frames:
         raise ValueError(f"config.model.num_frames={config.model.num_frames}: the temporal embedding holds "
                          f"{variant.video.max_frames} frames")
+    for kind, frames in config.data.get("num_frames", {}).items():
+        if kind not in SOURCES:
+            raise ValueError(f"config.data.num_frames.{kind}: unknown source; use {', '.join(SOURCES)}")
+        if frames != -1 and not 1 <= frames <= variant.video.max_frames:
+            raise ValueError(f"config.data.num_frames.{kind}={frames}: must be in [1, {variant.video.max_frames}] "
+                             f"(the temporal embedding's frames), or -1 (model.num_frames)")
     if is_v1(variant):
         _validate_v1(config, variant)
     tokenizer = tokenizer_name(config)
@@ -269,20 +284,23 @@ def validate(config: Any, num_devices: int | None = None, process_count: int | N
 
 def validate_data(config: Any) -> None:
     """What reading the data needs beyond `validate` (the trainer calls both; plans and benchmarks that read no data
-    call `validate` alone): the synthetic corpus splits num_frames over its 4 clips."""
+    call `validate` alone): the synthetic corpus splits each source's frames over its 4 clips."""
     if config.data.name == "synthetic":
         from tvts.data.pipeline import synthetic_config
 
-        synthetic_config(config.data, model_variant(config.model).video.image_size, config.model.num_frames)
+        for kind in config.data.sources:
+            synthetic_config(config.data, model_variant(config.model).video.image_size, source_frames(config, kind))
 
 
 def _validate_v1(config: Any, variant: V1Variant) -> None:
     """What only the TVTS v1 family needs: whole 2-frame tubelets, no time attention to switch off."""
-    frames, tubelet = config.model.num_frames, variant.video.tubelet_size
-    if frames != 1 and frames % tubelet:
-        raise ValueError(f"config.model.num_frames={frames}: {variant.name} embeds tubelets of {tubelet} frames, so "
-                         f"the frames must fill whole tubelets (a multiple of {tubelet}), or be 1 (an image, repeated "
-                         f"to one tubelet)")
+    tubelet = variant.video.tubelet_size
+    for field, frames in [("model.num_frames", config.model.num_frames)] + [
+            (f"data.num_frames.{kind}", source_frames(config, kind)) for kind in config.data.sources]:
+        if frames != 1 and frames % tubelet:
+            raise ValueError(f"config.{field}={frames}: {variant.name} embeds tubelets of {tubelet} frames, so the "
+                             f"frames must fill whole tubelets (a multiple of {tubelet}), or be 1 (an image, repeated "
+                             f"to one tubelet)")
     if "no_time_attn" in config.eval_references:
         raise ValueError(f"config.eval_references: 'no_time_attn' switches off TVTSv2's time attention; {variant.name} "
                          f"(TVTS v1) attends jointly over space and time and has none to switch off. Use ('init',) "
@@ -298,9 +316,10 @@ def _validate_tfds(config: Any) -> None:
     if not epath.Path(config.data.tfds_data_dir).exists():
         raise FileNotFoundError(f"config.data.tfds_data_dir={config.data.tfds_data_dir!r} does not exist")
     clips = TEXTS_PER_VIDEO["transcribed"]
-    if "transcribed" in config.data.sources and config.model.num_frames % clips:
-        raise ValueError(f"config.model.num_frames={config.model.num_frames}: transcribed videos need a multiple "
-                         f"of {clips} (frames per clip x {clips} clips)")
+    frames = source_frames(config, "transcribed")
+    if "transcribed" in config.data.sources and frames % clips:
+        raise ValueError(f"config.data.num_frames.transcribed={frames} (or model.num_frames): transcribed videos "
+                         f"need a multiple of {clips} (frames per clip x {clips} clips)")
 
 
 def _validate_init(config: Any, variant: Variant) -> None:

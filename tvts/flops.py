@@ -41,7 +41,7 @@ class StepShape:
 def step_shape(config: Any, source: str) -> StepShape:
     """The shape of one update on `source` ('transcribed' or 'captioned') under `config`."""
     variant = config_lib.model_variant(config.model)
-    return StepShape(batch=int(config.data[f"{source}_batch"]), frames=int(config.model.num_frames),
+    return StepShape(batch=int(config.data[f"{source}_batch"]), frames=config_lib.source_frames(config, source),
                      kept_patches=num_kept(variant.video.num_patches, config_lib.mask_ratio(config, source)),
                      num_texts=variant.sort_head.num_clips if source == "transcribed" else 1,
                      text_length=int(text_length(config.data, source)))

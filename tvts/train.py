@@ -129,8 +129,9 @@ def train_and_evaluate(config, workdir) -> dict[str, float]:
     # --- Data, steps, evaluators. ---
     from tvts.step import make_train_step
 
-    sources = make_sources(config.data, setup.spec.image_size, setup.spec.num_frames,
-                           jax.process_index(), jax.process_count(), seed=config.seed)
+    frames = {kind: config_lib.source_frames(config, kind) for kind in config.data.sources}
+    sources = make_sources(config.data, setup.spec.image_size, frames, jax.process_index(), jax.process_count(),
+                           seed=config.seed)
     # --- data counters (tvts/data/loader.py): skipped / re-drawn examples per source, kept in checkpoints ---
     data_counters = DataCounters(sources, jax.process_index(), jax.process_count())
     data_counters.restore(meta)

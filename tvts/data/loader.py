@@ -340,10 +340,12 @@ class FileSource:
         self._pending.clear()
 
 
-def make_tfds_sources(data_cfg, image_size: int, num_frames: int, process_index: int = 0, process_count: int = 1,
-                      seed: int = 0, data: Mapping[str, Sequence] | None = None) -> dict[str, FileSource]:
-    """The sources of ``data_cfg.sources`` read from ``data_cfg.tfds_data_dir`` (`TFDS_NAMES`, split 'train').
-    ``data`` replaces the TFDS readers by other random-access sources (tests)."""
+def make_tfds_sources(data_cfg, image_size: int, num_frames: int | Mapping[str, int], process_index: int = 0,
+                      process_count: int = 1, seed: int = 0, data: Mapping[str, Sequence] | None = None
+                      ) -> dict[str, FileSource]:
+    """The sources of ``data_cfg.sources`` read from ``data_cfg.tfds_data_dir`` (`TFDS_NAMES`, split 'train'), with
+    ``num_frames`` per sample (one for all, or {source: frames}). ``data`` replaces the TFDS readers by other
+    random-access sources (tests)."""
     from tvts.data.texts import data_tokenizer, text_length
 
     tokenizer = data_tokenizer(data_cfg)
@@ -352,7 +354,8 @@ def make_tfds_sources(data_cfg, image_size: int, num_frames: int, process_index:
     for kind in data_cfg.sources:
         source = data[kind] if data is not None else TfdsDataSource(TFDS_NAMES[kind], 'train',
                                                                     data_cfg.tfds_data_dir)
-        sampling = SamplingConfig(image_size=image_size, num_frames=num_frames,
+        frames = num_frames[kind] if isinstance(num_frames, Mapping) else num_frames
+        sampling = SamplingConfig(image_size=image_size, num_frames=frames,
                                   num_clips=TEXTS_PER_VIDEO['transcribed'] if kind == 'transcribed' else 1)
         sources[kind] = FileSource(kind, source, data_cfg[f'{kind}_batch'], text_length(data_cfg, kind), sampling,
                                    process_index, process_count, seed, workers, data_cfg.max_bad_fraction,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Protocol
 
 import numpy as np
@@ -57,11 +57,13 @@ class SyntheticSource:
         return {"video": raw["frames"], "texts": tokens.astype(np.int32)}
 
 
-def make_sources(data_cfg, image_size: int, num_frames: int, process_index: int = 0,
+def make_sources(data_cfg, image_size: int, num_frames: int | Mapping[str, int], process_index: int = 0,
                  process_count: int = 1, seed: int = 0) -> dict[str, BatchSource]:
     """The sources of `data_cfg.sources`: the built-in synthetic corpus (data.name 'synthetic'; `seed` unused, its
     own is data.synthetic.seed) or prepared TFDS datasets read with grain (data.name 'tfds', shuffled by `seed`:
-    tvts/data/loader.py)."""
+    tvts/data/loader.py). `num_frames`: frames per sample, one for all sources or {source: frames}."""
+    if not isinstance(num_frames, Mapping):
+        num_frames = {kind: num_frames for kind in data_cfg.sources}
     if data_cfg.name == "tfds":
         from tvts.data.loader import make_tfds_sources
 
@@ -69,10 +71,12 @@ def make_sources(data_cfg, image_size: int, num_frames: int, process_index: int 
     if data_cfg.name != "synthetic":
         raise ValueError(f"config.data.name={data_cfg.name!r}: known data 'synthetic' (built in) and 'tfds' "
                          f"(prepared datasets in data.tfds_data_dir)")
-    corpus = SyntheticCorpus(synthetic_config(data_cfg, image_size, num_frames), split="train")
-    tokenizer = data_tokenizer(data_cfg)
-    return {kind: SyntheticSource(kind, corpus, data_cfg[f"{kind}_batch"], text_length(data_cfg, kind),
-                                  process_index, process_count, tokenizer=tokenizer) for kind in data_cfg.sources}
+    tokenizer = data_tokenizer(data_cfg)  # one corpus per frame count: the frames sampled differ, the videos do not
+    corpora = {n: SyntheticCorpus(synthetic_config(data_cfg, image_size, n), split="train")
+               for n in set(num_frames.values())}
+    return {kind: SyntheticSource(kind, corpora[num_frames[kind]], data_cfg[f"{kind}_batch"],
+                                  text_length(data_cfg, kind), process_index, process_count, tokenizer=tokenizer)
+            for kind in data_cfg.sources}
 
 
 def synthetic_config(data_cfg, image_size: int, num_frames: int) -> SyntheticConfig:
