@@ -22,8 +22,8 @@ from tvts.data import fixtures  # noqa: E402
 from tvts.data.builders import BUILDERS, ManualDirError, align  # noqa: E402
 from tvts.data.builders.common import BadSample, probe_video  # noqa: E402
 
-PLAIN = ('yttemporal', 'webvid', 'msrvtt', 'didemo', 'lsmdc')
-TEXT_FIELDS = {'yttemporal': ('words',), 'webvid': ('caption',), 'msrvtt': ('captions',),
+PLAIN = ('yttemporal', 'webvid', 'cc3m', 'msrvtt', 'didemo', 'lsmdc')
+TEXT_FIELDS = {'yttemporal': ('words',), 'webvid': ('caption',), 'cc3m': ('caption',), 'msrvtt': ('captions',),
                'didemo': ('captions',), 'lsmdc': ('captions',)}
 
 
@@ -86,11 +86,14 @@ def test_builds_and_reads_fixture(built, name):
             elif name == 'webvid':
                 assert _s(ex['caption']) == want['caption']
                 assert ex['duration'] == pytest.approx(want['duration'], abs=0.2)
+            elif name == 'cc3m':   # an image: a one-frame video to the loader
+                assert _s(ex['caption']) == want['caption'] and ex['duration'] == 0.0
             else:
                 assert [_s(c) for c in ex['captions']] == want['captions']
-    # one stored video decodes at load time
+    # one stored video decodes at load time (an image: its one frame)
     first = next(iter(truth.values()))
-    assert _decode(_read_all(name, data_dir, next(iter(truth)))[next(iter(first))]['video']) >= 4
+    assert _decode(_read_all(name, data_dir, next(iter(truth)))[next(iter(first))]['video']) >= (
+        1 if name == 'cc3m' else 4)
 
 
 @pytest.mark.parametrize('name', ('ucf101', 'hmdb51'))
@@ -149,6 +152,26 @@ def test_kinetics400_and_ssv2_read_their_fixtures(built):
                     assert (_s(ex['caption']), _s(ex['template'])) == (want['caption'], want['template'])
                 else:
                     assert [_s(o) for o in ex['options']] == want['options'] and int(ex['answer']) == want['answer']
+
+
+def test_cc3m_bad_images_skipped_and_counted(tmp_path):
+    manual, out = str(tmp_path / 'cc3m'), str(tmp_path / 'out')
+    truth = fixtures.write_cc3m(manual)
+    first = next(iter(truth['train'].values()))['path']
+    with open(os.path.join(manual, first), 'rb') as f:
+        data = f.read()
+    with open(os.path.join(manual, 'training', 'cut.jpg'), 'wb') as f:
+        f.write(data[:len(data) // 2])
+    open(os.path.join(manual, 'training', 'zero.jpg'), 'wb').close()
+    with open(os.path.join(manual, 'meta_data', 'cc3m_train.tsv'), 'a') as f:
+        f.write('a cut image\tcut.jpg\n')
+        f.write('an empty image\tzero.jpg\n')
+        f.write('not there\tgone.jpg\n')
+        f.write('   \tgone2.jpg\n')
+    report = build_cli.build('cc3m', manual, out, verbose=False)
+    assert _reasons(_skipped(report)) == {'training/cut.jpg': 'unreadable image', 'training/zero.jpg': 'empty file',
+                                          'training/gone.jpg': 'missing file', 'training/gone2.jpg': 'empty caption'}
+    assert report['splits'] == {s: len(v) for s, v in truth.items()}
 
 
 def test_kinetics400_and_ssv2_bad_inputs(tmp_path):

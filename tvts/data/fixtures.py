@@ -1,8 +1,8 @@
 """Small manual directories of every dataset the TFDS builders read, written from the synthetic corpus in exactly
 the dataset's distributed layout (tvts/data/builders/*.py describe the layouts).
 
-    python -m tvts.data.fixtures NAME DIR   # NAME: yttemporal, webvid, msrvtt, didemo, lsmdc, ucf101, hmdb51,
-                                            #       kinetics400, ssv2
+    python -m tvts.data.fixtures NAME DIR   # NAME: yttemporal, webvid, cc3m, msrvtt, didemo, lsmdc, ucf101,
+                                            #       hmdb51, kinetics400, ssv2
 
 ``write(NAME, root)`` returns the *truth*: ``{split: {id: expected fields}}`` (``{config: {split: {...}}}`` for
 ucf101 / hmdb51 / ssv2), what the built dataset must hold. Videos are 32 px synthetic videos (``tvts.data.synthetic``)
@@ -26,7 +26,8 @@ from tvts.data import synthetic_files, transcripts
 from tvts.data.synthetic import SyntheticConfig, SyntheticCorpus, SyntheticVideo
 
 __all__ = ['FPS', 'write', 'WRITERS', 'write_yttemporal', 'write_webvid', 'write_msrvtt', 'write_didemo',
-           'write_lsmdc', 'write_ucf101', 'write_hmdb51', 'write_kinetics400', 'write_ssv2', 'UCF_CLASSES',
+           'write_lsmdc', 'write_ucf101', 'write_hmdb51', 'write_kinetics400', 'write_ssv2', 'write_cc3m',
+           'UCF_CLASSES',
            'HMDB_CLASSES', 'K400_CLASSES', 'SSV2_CLASSES', 'short_video', 'drawn_videos', 'EventClasses']
 
 FPS = 8.0
@@ -95,6 +96,34 @@ def write_webvid(root: str, sizes: dict[str, int] | None = None, config: Synthet
         with open(os.path.join(root, f'results_2M_{split}.csv'), 'w', newline='') as f:
             w = csv.writer(f)
             w.writerow(['videoid', 'contentUrl', 'duration', 'page_dir', 'name'])
+            w.writerows(rows)
+    return truth
+
+
+def write_cc3m(root: str, sizes: dict[str, int] | None = None, config: SyntheticConfig = SyntheticConfig()) -> Truth:
+    """meta_data/cc3m_{train,val}.tsv (caption<TAB>filename, a header row) + training/ and validation/ images: the
+    middle frame of one event of a captioned video, captioned by that event's clause (JPEG; every third a PNG)."""
+    from PIL import Image
+
+    sizes = sizes or {'train': 3, 'val': 2}
+    truth: Truth = {}
+    os.makedirs(os.path.join(root, 'meta_data'), exist_ok=True)
+    for split, n in sizes.items():
+        corpus, folder = _corpus(split, config), {'train': 'training', 'val': 'validation'}[split]
+        os.makedirs(os.path.join(root, folder), exist_ok=True)
+        truth[split], rows = {}, []
+        for i in range(n):
+            v = corpus.video(i, 'captioned')
+            event = v.events[i % len(v.events)]
+            ext = 'png' if i % 3 == 2 else 'jpg'
+            name = f'{3_000_000 + 17 * i}.{ext}'
+            frame = v.render(np.array([(event.start + event.end) / 2]))[0]
+            Image.fromarray(frame).save(os.path.join(root, folder, name))
+            rows.append([event.text, name])
+            truth[split][name[:-4]] = {'caption': event.text, 'path': f'{folder}/{name}', 'format': ext}
+        with open(os.path.join(root, 'meta_data', f'cc3m_{split}.tsv'), 'w', newline='') as f:
+            w = csv.writer(f, delimiter='\t')
+            w.writerow(['caption', 'filename'])
             w.writerows(rows)
     return truth
 
@@ -414,9 +443,9 @@ def write_ssv2(root: str, config: SyntheticConfig = SyntheticConfig(), videos: V
 
 
 WRITERS: dict[str, Callable[..., Truth]] = {
-    'yttemporal': write_yttemporal, 'webvid': write_webvid, 'msrvtt': write_msrvtt, 'didemo': write_didemo,
-    'lsmdc': write_lsmdc, 'ucf101': write_ucf101, 'hmdb51': write_hmdb51, 'kinetics400': write_kinetics400,
-    'ssv2': write_ssv2,
+    'yttemporal': write_yttemporal, 'webvid': write_webvid, 'cc3m': write_cc3m, 'msrvtt': write_msrvtt,
+    'didemo': write_didemo, 'lsmdc': write_lsmdc, 'ucf101': write_ucf101, 'hmdb51': write_hmdb51,
+    'kinetics400': write_kinetics400, 'ssv2': write_ssv2,
 }
 
 

@@ -4,6 +4,7 @@ Importing this package registers the builders under their TFDS names, so that
 ``tfds.builder(NAME, data_dir=OUT)`` / ``tfds.data_source(NAME, split=..., data_dir=OUT)`` find them:
 
     yttemporal, webvid            pre-training (transcribed / captioned videos)
+    cc3m                          pre-training, TVTS v1's second stage (captioned images)
     msrvtt, didemo, lsmdc         text-video retrieval
     ucf101, hmdb51                action classification (configs split1, split2, split3)
     kinetics400                   action classification (train, val)
@@ -14,6 +15,7 @@ docs/data.md); ``python -m tvts.data.build NAME --manual_dir DIR --data_dir OUT`
 """
 from __future__ import annotations
 
+from tvts.data.builders.cc3m import Cc3m
 from tvts.data.builders.common import BadSample, ManualDirError, VideoBuilder
 from tvts.data.builders.didemo import Didemo
 from tvts.data.builders.hmdb51 import Hmdb51
@@ -26,7 +28,7 @@ from tvts.data.builders.webvid import Webvid
 from tvts.data.builders.yttemporal import Yttemporal
 
 __all__ = ['BUILDERS', 'BadSample', 'ManualDirError', 'VideoBuilder', 'Yttemporal', 'Webvid', 'Msrvtt', 'Didemo',
-           'Lsmdc', 'Ucf101', 'Hmdb51', 'Kinetics400', 'Ssv2']
+           'Lsmdc', 'Ucf101', 'Hmdb51', 'Kinetics400', 'Ssv2', 'Cc3m']
 
 BUILDERS: dict[str, type[VideoBuilder]] = {
-    cls.name: cls for cls in (Yttemporal, Webvid, Msrvtt, Didemo, Lsmdc, Ucf101, Hmdb51, Kinetics400, Ssv2)}
+    cls.name: cls for cls in (Yttemporal, Webvid, Cc3m, Msrvtt, Didemo, Lsmdc, Ucf101, Hmdb51, Kinetics400, Ssv2)}

@@ -51,6 +51,7 @@ REASONS = {
     'missing file': 'the video the list names does not exist',
     'empty file': 'the video file has zero bytes',
     'unreadable video': 'PyAV cannot open it, it has no video stream, or no frame decodes',
+    'unreadable image': 'PIL cannot decode the image (not an image, or cut short)',
     'truncated video': 'the file ends before the data its container announces',
     'too short': 'shorter than the 4-clip window',
     'missing annotation': 'the annotation file does not exist',
@@ -445,6 +446,10 @@ class VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _required(self) -> Sequence[str]:
         return ()
 
+    def _probe(self, data: bytes, name: str) -> VideoProbe:
+        """Checks a sample's file (a video; cc3m: an image); raises BadSample."""
+        return probe_video(data, name, self._check)
+
     def _finish(self, sample: Sample, probe: VideoProbe) -> dict[str, Any]:
         """Fields computed from the probe (e.g. webvid's duration); default none."""
         return {}
@@ -525,7 +530,7 @@ class VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 raise BadSample('missing file') from None
             except OSError as e:
                 raise BadSample('unreadable video', f'{type(e).__name__}: {e}') from None
-            probe = probe_video(data, sample.video, self._check)
+            probe = self._probe(data, sample.video)
             why = self._too_short(sample, probe)
             if why:
                 raise BadSample('too short', why)
