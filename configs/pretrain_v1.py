@@ -27,8 +27,9 @@ summed) + sorting x 2; AdamW lr 1e-4, betas (0.9, 0.999), eps 1e-6 (transformers
 group for every parameter; milestones 12 and 16 of 20 epochs (x0.1) for YT-Temporal, none reached in the 12 CC3M +
 WebVid epochs; 24 videos per GPU (YT-Temporal), 48 + 48 (CC3M, WebVid), on 32 GPUs; WordPiece at most 50 tokens.
 
-Not yet as published: stage 2 reads WebVid only. The CC3M images (1 image repeated to one tube) need a second captioned
-source in the curriculum, and a `cc3m` builder (issue 20); `data.sources` has one captioned source today.
+Stage 2 reads two sources, one update on each per iteration: CC3M images (the `images` source, the `cc3m` builder;
+one frame repeated to one tube, v1/configs/dist-cc-web-pt.json:37, v1/base/base_dataset.py:168-169) and WebVid at 4
+frames (:59), the model at 16 frames (:9).
 """
 import ml_collections
 
@@ -61,8 +62,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     else:
         c.data.num_frames.captioned = 4  # WebVid's own (v1/configs/dist-cc-web-pt.json:59): 2 tubes
         c.model.captioned_mask_ratio = 0.0  # v1/base/base_dataset.py:129
-        c.data.sources = ("captioned",)
-        c.data.captioned_batch = 48 * GPUS
+        c.data.sources = ("images", "captioned")  # the official loader list's order (CC3M, then WebVid)
+        c.data.images_batch = 48 * GPUS  # v1/configs/dist-cc-web-pt.json:29
+        c.data.captioned_batch = 48 * GPUS  # :50
         c.optim.schedule = "constant"  # the first milestone (12) is reached only after the 12th, last epoch
     c.data.source_start = {k: 0.0 for k in c.data.sources}
 

@@ -391,15 +391,18 @@ def test_the_datasets_the_builders_write_are_read(tmp_path):
     from tvts.data import build, fixtures
 
     manual, out = tmp_path / 'manual', tmp_path / 'out'
-    truth = {name: fixtures.write(name, str(manual / name)) for name in ('yttemporal', 'webvid')}  # train 3, val 2
+    truth = {name: fixtures.write(name, str(manual / name)) for name in L.TFDS_NAMES.values()}  # train 3, val 2
     for name in truth:
         build.build(name, str(manual / name), str(out), verbose=False)
-    config = tfds_config(str(out), **{'data.max_bad_fraction': 0.0})
+    config = tfds_config(str(out), **{'data.max_bad_fraction': 0.0, 'data.images_batch': 8,
+                                      'data.sources': ('transcribed', 'captioned', 'images')})
     config_lib.validate(config)
-    sources = make_sources(config.data, SIZE, config.model.num_frames, seed=0)
+    frames = {kind: config_lib.source_frames(config, kind) for kind in config.data.sources}
+    assert frames == {'transcribed': 4, 'captioned': 4, 'images': 1}   # cc3m: one frame, an image
+    sources = make_sources(config.data, SIZE, frames, seed=0)
     for kind, name in L.TFDS_NAMES.items():
         assert len(sources[kind].data) == len(truth[name]['train'])
         batch = sources[kind].batch(0)
-        assert batch['video'].shape == (8, 4, SIZE, SIZE, 3) and batch['video'].std() > 0
+        assert batch['video'].shape == (8, frames[kind], SIZE, SIZE, 3) and batch['video'].std() > 0
         assert (batch['texts'][:, :, 1] != 49407).all()  # every text holds a word before its end token
         assert sources[kind].skipped(1) == {r: 0 for r in L.SKIP_REASONS}

@@ -113,9 +113,11 @@ def test_the_synthetic_corpus_is_tokenised_with_wordpiece_as_by_hand(vocab):
 # ------------------------------------------------------------------------------------------ training, resume, export
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, vocab):
-    """A 4-iteration v1-tiny run on the 8 simulated devices, parameters split over 'fsdp' (checkpoints at 2 and 4), and
-    the same run resumed from its checkpoint at iteration 2 in another workdir."""
-    config = v1_config(vocab, **{"mesh.data": 1, "mesh.fsdp": 8})
+    """A 4-iteration v1-tiny run on the 8 simulated devices, parameters split over 'fsdp' (checkpoints at 2 and 4), on
+    transcribed videos and captioned images (one frame, repeated to one tube: TVTS v1's CC3M), and the same run
+    resumed from its checkpoint at iteration 2 in another workdir."""
+    config = v1_config(vocab, **{"mesh.data": 1, "mesh.fsdp": 8, "data.sources": ("transcribed", "images"),
+                                 "data.images_batch": 8})
     root = tmp_path_factory.mktemp("v1_run")
     straight, resumed = root / "straight", root / "resumed"
     train.train_and_evaluate(config, str(straight))
@@ -140,20 +142,22 @@ def test_a_tiny_v1_run_trains_sharded_and_resumes_bit_for_bit(trained):
     assert setup.mesh.devices.size == 8 and isinstance(setup.model, TVTSv1)
     assert not setup.params_sharding["video"]["blocks"]["mlp"]["fc"]["kernel"].is_fully_replicated
     a, b = states["straight", 4], states["resumed", 4]
-    assert int(a["step"]) == 4 and int(a["nonfinite_count"]) == 0
+    assert int(a["step"]) == 8 and int(a["nonfinite_count"]) == 0  # two sources: two updates per iteration
     for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(b), jax.tree.leaves(a)):
         np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
     moved = [np.abs(x - y).max() for x, y in zip(jax.tree.leaves(a["params"]),
                                                  jax.tree.leaves(states["straight", 2]["params"]))]
     assert min(moved) > 0  # every parameter trains: one group, no frozen DistilBERT block
     rows = [json.loads(line) for line in open(os.path.join(straight, "metrics.jsonl"))]
-    assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(np.isfinite(r["transcribed/loss"]) for r in rows)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert all(np.isfinite(r[f"{k}/loss"]) for r in rows for k in ("transcribed", "images"))
     resumed_rows = [json.loads(line) for line in open(os.path.join(resumed, "metrics.jsonl"))]
-    assert [r["transcribed/loss"] for r in resumed_rows] == [r["transcribed/loss"] for r in rows[2:]]
+    for k in ("transcribed/loss", "images/loss"):
+        assert [r[k] for r in resumed_rows] == [r[k] for r in rows[2:]]
 
     # the step's mask: per tube, [B, tubes, n_keep], each tube its own positions (tubes = frames / 2)
     keep = np.asarray(setup.random_tube_keep(jax.random.key(3), (8, 4, 32, 32, 3), setup.mask_ratios["transcribed"]))
-    assert keep.shape == (8, 2, 8) and setup.mask_ratios == {"transcribed": 0.5}
+    assert keep.shape == (8, 2, 8) and setup.mask_ratios == {"transcribed": 0.5, "images": 0.0}
     assert all(len(np.unique(k)) == 8 for video in keep for k in video)
     assert sum(set(video[0]) != set(video[1]) for video in keep) == 8
 

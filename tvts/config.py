@@ -14,7 +14,7 @@ from typing import Any
 import ml_collections
 from etils import epath
 
-from tvts.curriculum import SOURCES
+from tvts.curriculum import DEFAULT_SOURCES, SOURCES
 from tvts.models.inputs import NORMALIZATIONS
 from tvts.models.variants import ALL_VARIANT_NAMES, V1Variant, Variant, decode_variant, is_v1
 from tvts.optim import PUBLISHED_NO_DECAY
@@ -76,12 +76,13 @@ def base_config(args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     )
     c.data = dict(
         name=args.data,
-        sources=SOURCES,  # one update on each per iteration, in this order
-        source_start=dict(transcribed=0.0, captioned=0.0),  # fraction of the iterations before a source starts
+        sources=DEFAULT_SOURCES,  # one update on each per iteration, in this order (also: 'images')
+        source_start=dict(transcribed=0.0, captioned=0.0, images=0.0),  # fraction of the iterations before it starts
         transcribed_batch=24 * 8,  # global batch per source
         captioned_batch=24 * 8,
-        # frames per sample of each source; -1: model.num_frames (TVTS v1's first stage: WebVid at 4 frames)
-        num_frames=dict(transcribed=-1, captioned=-1),
+        images_batch=24 * 8,
+        # frames per sample of each source; -1: model.num_frames (TVTS v1's stage 2: WebVid at 4, CC3M images at 1)
+        num_frames=dict(transcribed=-1, captioned=-1, images=1),
         context_length=77,
         # the text tower's: 'clip_bpe' for TVTSv2, 'wordpiece' for TVTS v1 (tvts.data.tokenizer.text_tokenizer)
         tokenizer="clip_bpe",
@@ -155,10 +156,10 @@ def model_variant(model_cfg: Any) -> Variant | V1Variant:
 
 
 def mask_ratio(config: Any, kind: str = "transcribed") -> float:
-    """The training mask ratio of a source ('transcribed' or 'captioned'): the config's, or (-1) the variant's
-    published one."""
+    """The training mask ratio of a source ('transcribed', 'captioned' or 'images', which takes the captioned
+    videos'): the config's, or (-1) the variant's published one."""
     variant = model_variant(config.model)
-    if kind == "captioned":
+    if kind in ("captioned", "images"):
         ratio = config.model.get("captioned_mask_ratio", -1.0)  # absent from configs saved before it existed
         if ratio >= 0:
             return ratio
@@ -284,11 +285,11 @@ def validate(config: Any, num_devices: int | None = None, process_count: int | N
 
 def validate_data(config: Any) -> None:
     """What reading the data needs beyond `validate` (the trainer calls both; plans and benchmarks that read no data
-    call `validate` alone): the synthetic corpus splits each source's frames over its 4 clips."""
+    call `validate` alone): the synthetic corpus splits each video source's frames over its 4 clips."""
     if config.data.name == "synthetic":
         from tvts.data.pipeline import synthetic_config
 
-        for kind in config.data.sources:
+        for kind in set(config.data.sources) - {"images"}:  # a synthetic image is one frame, repeated
             synthetic_config(config.data, model_variant(config.model).video.image_size, source_frames(config, kind))
 
 
@@ -317,9 +318,10 @@ def _validate_tfds(config: Any) -> None:
         raise FileNotFoundError(f"config.data.tfds_data_dir={config.data.tfds_data_dir!r} does not exist")
     clips = TEXTS_PER_VIDEO["transcribed"]
     frames = source_frames(config, "transcribed")
+    field = "model.num_frames" if frames == config.model.num_frames else "data.num_frames.transcribed"
     if "transcribed" in config.data.sources and frames % clips:
-        raise ValueError(f"config.data.num_frames.transcribed={frames} (or model.num_frames): transcribed videos "
-                         f"need a multiple of {clips} (frames per clip x {clips} clips)")
+        raise ValueError(f"config.{field}={frames}: transcribed videos need a multiple of {clips} (frames per clip x "
+                         f"{clips} clips)")
 
 
 def _validate_init(config: Any, variant: Variant) -> None:

@@ -16,7 +16,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-SOURCES = ("transcribed", "captioned")
+SOURCES = ("transcribed", "captioned", "images")  # images: captioned images, one frame (TVTS v1's CC3M)
+DEFAULT_SOURCES = ("transcribed", "captioned")
 
 
 @dataclasses.dataclass(frozen=True)

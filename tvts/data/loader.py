@@ -48,6 +48,7 @@ from tvts.data.sampling import (
     SamplingConfig,
     as_text,
     captioned_sample,
+    image_sample,
     transcribed_sample,
 )
 
@@ -56,9 +57,9 @@ __all__ = ['TFDS_NAMES', 'COUNTER_KEYS', 'TfdsDataSource', 'ExampleMaker', 'File
 
 log = logging.getLogger(__name__)
 
-TFDS_NAMES = {'transcribed': 'yttemporal', 'captioned': 'webvid'}
-TEXTS_PER_VIDEO = {'transcribed': 4, 'captioned': 1}
-_SOURCE_IDS = {'transcribed': 0, 'captioned': 1}
+TFDS_NAMES = {'transcribed': 'yttemporal', 'captioned': 'webvid', 'images': 'cc3m'}
+TEXTS_PER_VIDEO = {'transcribed': 4, 'captioned': 1, 'images': 1}
+_SOURCE_IDS = {'transcribed': 0, 'captioned': 1, 'images': 2}
 COUNTER_KEYS = ('read', *(f'skipped/{r}' for r in SKIP_REASONS), *(f'redrawn/{r}' for r in REDRAW_REASONS))
 MAX_ATTEMPTS = 64  # examples tried for one position before the source gives up (all of them bad)
 MIN_READ = 200  # the bad fraction is taken over at least this many examples (early on, a few bad ones are noise)
@@ -190,6 +191,8 @@ class ExampleMaker:
                redraws: collections.Counter) -> tuple[np.ndarray, list[str]]:
         if self.kind == 'transcribed':
             return transcribed_sample(example, rng, self.sampling, redraws)
+        if self.kind == 'images':
+            return image_sample(example, rng, self.sampling)
         return captioned_sample(example, rng, self.sampling)
 
     def tokens(self, texts: list[str]) -> np.ndarray:

@@ -22,14 +22,15 @@ Batch = dict[str, np.ndarray]
 
 
 class BatchSource(Protocol):
-    kind: str  # 'transcribed' or 'captioned'
+    kind: str  # 'transcribed', 'captioned' or 'images'
 
     def batch(self, iteration: int) -> Batch: ...
 
 
 class SyntheticSource:
     """The built-in corpus. Batch: video uint8 [b, T, H, W, 3], texts int32 [b, n, L] (n = 4 transcripts or 1
-    caption)."""
+    caption). An 'images' sample is a still: the middle frame of one event of a captioned video (event i % 4 of
+    video i), repeated over the T frames, captioned by that event's clause."""
 
     def __init__(self, kind: str, corpus: SyntheticCorpus, global_batch: int, context_length: int,
                  process_index: int = 0, process_count: int = 1, train: bool = True,
@@ -41,6 +42,7 @@ class SyntheticSource:
         self.offset = process_index * self.local_batch
         self.tokenizer = text_tokenizer(tokenizer[0], context_length, tokenizer[1])  # (name, vocab_path)
         self.context_length, self.train = context_length, train
+        self.image_frames = 1  # 'images': frames per still (make_sources sets the source's count)
 
     def indices(self, iteration: int) -> np.ndarray:
         return iteration * self.global_batch + self.offset + np.arange(self.local_batch)
@@ -51,6 +53,15 @@ class SyntheticSource:
             raw = self.corpus.transcribed_batch(idx, train=self.train)
             texts = [t for video in raw["transcripts"] for t in video]
             tokens = self.tokenizer(texts, self.context_length).reshape(len(idx), -1, self.context_length)
+        elif self.kind == "images":
+            frames, captions = [], []
+            for i in idx:
+                video = self.corpus.video(int(i), "captioned")
+                event = video.events[int(i) % len(video.events)]
+                frames.append(video.render(np.array([(event.start + event.end) / 2])))
+                captions.append(event.text)
+            raw = {"frames": np.repeat(np.stack(frames), self.image_frames, axis=1)}
+            tokens = self.tokenizer(captions, self.context_length)[:, None]
         else:
             raw = self.corpus.captioned_batch(idx, train=self.train)
             tokens = self.tokenizer(raw["captions"], self.context_length)[:, None]
@@ -72,11 +83,16 @@ def make_sources(data_cfg, image_size: int, num_frames: int | Mapping[str, int],
         raise ValueError(f"config.data.name={data_cfg.name!r}: known data 'synthetic' (built in) and 'tfds' "
                          f"(prepared datasets in data.tfds_data_dir)")
     tokenizer = data_tokenizer(data_cfg)  # one corpus per frame count: the frames sampled differ, the videos do not
-    corpora = {n: SyntheticCorpus(synthetic_config(data_cfg, image_size, n), split="train")
-               for n in set(num_frames.values())}
-    return {kind: SyntheticSource(kind, corpora[num_frames[kind]], data_cfg[f"{kind}_batch"],
-                                  text_length(data_cfg, kind), process_index, process_count, tokenizer=tokenizer)
-            for kind in data_cfg.sources}
+    corpora: dict[int, SyntheticCorpus] = {}
+    sources = {}
+    for kind in data_cfg.sources:
+        frames = num_frames[kind] if kind != "images" else SyntheticConfig().num_clips  # a still: any corpus
+        if frames not in corpora:
+            corpora[frames] = SyntheticCorpus(synthetic_config(data_cfg, image_size, frames), split="train")
+        sources[kind] = SyntheticSource(kind, corpora[frames], data_cfg[f"{kind}_batch"], text_length(data_cfg, kind),
+                                        process_index, process_count, tokenizer=tokenizer)
+        sources[kind].image_frames = num_frames[kind]
+    return sources
 
 
 def synthetic_config(data_cfg, image_size: int, num_frames: int) -> SyntheticConfig:

@@ -40,7 +40,7 @@ from tvts.data.transcripts import TranscriptWindow, clean_word, frame_times, sam
 
 __all__ = ['SKIP_REASONS', 'REDRAW_REASONS', 'BadExample', 'SamplingConfig', 'as_text', 'read_words',
            'read_duration', 'draw_window', 'captioned_frame_times', 'CropDraw', 'draw_crop', 'crop_indices',
-           'frame_to_rgb', 'decode_frames', 'transcribed_sample', 'captioned_sample']
+           'frame_to_rgb', 'decode_frames', 'transcribed_sample', 'captioned_sample', 'image_sample']
 
 # Why an example is skipped, by the stage that finds out (first to last).
 SKIP_REASONS = (
@@ -403,6 +403,20 @@ def transcribed_sample(example: Mapping[str, Any], rng: np.random.Generator | No
     crop = draw_crop(rng, cfg)
     frames = decode_frames(example.get('video'), window.frame_times, _cropper(cfg, crop), cfg.decode_threads)
     return frames, list(window.transcripts)
+
+
+def image_sample(example: Mapping[str, Any], rng: np.random.Generator | None,
+                 cfg: SamplingConfig) -> tuple[np.ndarray, list[str]]:
+    """A cc3m record (``video`` = the image file, ``caption``) -> (the image as ``cfg.num_frames`` identical frames,
+    uint8 [T, S, S, 3], [caption]); the crop is the videos' (TVTS v1's image transform, a random resized crop with
+    flips, is not reproduced)."""
+    rng = rng if cfg.train else None
+    caption = ' '.join(as_text(example.get('caption')).split())
+    if not caption:
+        raise BadExample('no_caption', 'empty caption')
+    crop = draw_crop(rng, cfg)
+    frames = decode_frames(example.get('video'), np.zeros(cfg.num_frames), _cropper(cfg, crop), cfg.decode_threads)
+    return frames, [caption]
 
 
 def captioned_sample(example: Mapping[str, Any], rng: np.random.Generator | None,
