@@ -6,8 +6,8 @@ import pytest
 from tools.common import recipe_config
 from tvts.config import validate
 
-TOOLS = ("model_summary", "plan_memory", "bench_step", "bench_convert", "make_corpus", "research.learnability",
-         "research.diagnose_embeddings")
+TOOLS = ("model_summary", "plan_memory", "bench_step", "bench_convert", "make_corpus", "synthetic_benchmarks",
+         "research.learnability", "research.diagnose_embeddings")
 
 
 @pytest.mark.parametrize("name", TOOLS)
@@ -26,3 +26,15 @@ def test_a_published_variant_starts_from_random_weights():
     config = recipe_config("B/16")
     assert config.model.variant == "B/16" and config.init == "random"
     validate(config)  # no converted CLIP weights needed
+
+
+def test_a_v1_variant_studies_the_v1_recipe_and_is_summarised():
+    from tools.model_summary import summarize
+
+    config = recipe_config("v1-B/16")
+    assert config.model.variant == "v1-B/16" and config.init == "random" and config.model.num_frames == 16
+    validate(config)  # no converted MAE / DistilBERT weights needed
+    _, by_tower, by_group = summarize("v1-B/16")  # abstract: nothing allocated
+    # the towers' sizes by hand: DistilBERT-base 66,362,880 + ReLU-Linear(768, 256) 196,864 = 66,559,744
+    assert by_tower["text"] == 66_362_880 + 768 * 256 + 256
+    assert dict(by_group) == {"new": sum(by_tower.values())}  # one published group
