@@ -34,7 +34,7 @@ class SyntheticSource:
 
     def __init__(self, kind: str, corpus: SyntheticCorpus, global_batch: int, context_length: int,
                  process_index: int = 0, process_count: int = 1, train: bool = True,
-                 tokenizer: tuple[str, str] = ("clip_bpe", "")):
+                 tokenizer: tuple[str, str] = ("clip_bpe", ""), still_frames: int = 1):
         if global_batch % process_count:
             raise ValueError(f"global batch {global_batch} is not divisible by {process_count} processes")
         self.kind, self.corpus, self.global_batch = kind, corpus, global_batch
@@ -42,7 +42,7 @@ class SyntheticSource:
         self.offset = process_index * self.local_batch
         self.tokenizer = text_tokenizer(tokenizer[0], context_length, tokenizer[1])  # (name, vocab_path)
         self.context_length, self.train = context_length, train
-        self.image_frames = 1  # 'images': frames per still (make_sources sets the source's count)
+        self.still_frames = still_frames  # 'images': frames per still (the image repeated)
 
     def indices(self, iteration: int) -> np.ndarray:
         return iteration * self.global_batch + self.offset + np.arange(self.local_batch)
@@ -60,7 +60,7 @@ class SyntheticSource:
                 event = video.events[int(i) % len(video.events)]
                 frames.append(video.render(np.array([(event.start + event.end) / 2])))
                 captions.append(event.text)
-            raw = {"frames": np.repeat(np.stack(frames), self.image_frames, axis=1)}
+            raw = {"frames": np.repeat(np.stack(frames), self.still_frames, axis=1)}
             tokens = self.tokenizer(captions, self.context_length)[:, None]
         else:
             raw = self.corpus.captioned_batch(idx, train=self.train)
@@ -90,8 +90,8 @@ def make_sources(data_cfg, image_size: int, num_frames: int | Mapping[str, int],
         if frames not in corpora:
             corpora[frames] = SyntheticCorpus(synthetic_config(data_cfg, image_size, frames), split="train")
         sources[kind] = SyntheticSource(kind, corpora[frames], data_cfg[f"{kind}_batch"], text_length(data_cfg, kind),
-                                        process_index, process_count, tokenizer=tokenizer)
-        sources[kind].image_frames = num_frames[kind]
+                                        process_index, process_count, tokenizer=tokenizer,
+                                        still_frames=num_frames[kind])
     return sources
 
 
