@@ -102,6 +102,12 @@ def test_an_unknown_evaluator_type_is_named():
     check_entries({"heldout": {"type": "synthetic_heldout"}})
     with pytest.raises(ValueError, match=r"config.evals.probe.type='linear': known evaluators \['synthetic_heldout'\]"):
         check_entries({"heldout": {"type": "synthetic_heldout"}, "probe": {"type": "linear"}})
+    # benchmark evaluators run on one process: a pod run is told before it trains, not when it ends
+    entries = {"heldout": {"type": "synthetic_heldout"}, "msrvtt": {"type": "msrvtt_retrieval"}}
+    check_entries(entries, process_count=1)
+    check_entries({"heldout": {"type": "synthetic_heldout"}}, process_count=4)
+    with pytest.raises(ValueError, match=r"config.evals.msrvtt.type='msrvtt_retrieval': .* this run has 4"):
+        check_entries(entries, process_count=4)
 
 
 def test_mistyped_overrides_fail():

@@ -90,7 +90,7 @@ def train_and_evaluate(config, workdir) -> dict[str, float]:
 
     config_lib.validate(config, jax.device_count(), jax.process_count())
     config_lib.validate_data(config)
-    check_entries(config.evals)
+    check_entries(config.evals, jax.process_count())
     setup = make_setup(config)
     curriculum = setup.curriculum
     workdir = epath.Path(workdir)

@@ -14,9 +14,15 @@ EVALUATORS: dict[str, type[Evaluator]] = {
 }
 
 
-def check_entries(evals_cfg: Any) -> None:
-    """Fail on an unknown evaluator type, naming the entry (called by config validation)."""
+def check_entries(evals_cfg: Any, process_count: int = 1) -> None:
+    """Fail on an unknown evaluator type, or a benchmark evaluator in a multi-process run (they run on one process),
+    naming the entry: before training starts, not at its end (called by the trainer with jax.process_count())."""
     for name, entry in evals_cfg.items():
+        if process_count > 1 and entry.get("type") in BENCHMARK_EVALUATORS:
+            raise ValueError(f"config.evals.{name}.type={entry.get('type')!r}: the benchmark evaluators run on one "
+                             f"process and this run has {process_count}; drop the entry and evaluate the exported "
+                             f"backbone afterwards (python -m tvts.evaluate --backbone ... --task "
+                             f"{entry.get('type')})")
         if entry.get("type") not in EVALUATORS:
             builtin = sorted(k for k in EVALUATORS if k not in BENCHMARK_EVALUATORS)
             raise ValueError(f"config.evals.{name}.type={entry.get('type')!r}: known evaluators {builtin} and the "
