@@ -15,11 +15,12 @@ from tvts.state import make_setup
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
-def tiny_config(**overrides) -> ml_collections.ConfigDict:
-    """The `tiny` variant from random weights, small and fast: 4 frames of 32 px, batches of 8, the transcribed
-    source only, no evaluators, a constant learning rate and every group and loss term on from the first update.
-    `overrides`: dotted fields, e.g. tiny_config(total_steps=4, **{"optim.group_start": {"text": 0.5}})."""
-    c = base_config(parse_arg(None, variant="tiny", data="synthetic"))
+def tiny_config(*, variant: str = "tiny", **overrides) -> ml_collections.ConfigDict:
+    """The `tiny` variant (or `variant`, e.g. 'v1-tiny') from random weights, small and fast: 4 frames of 32 px,
+    batches of 8, the transcribed source only, no evaluators, a constant learning rate and every group and loss term
+    on from the first update. `overrides`: dotted fields, e.g.
+    tiny_config(total_steps=4, **{"optim.group_start": {"text": 0.5}})."""
+    c = base_config(parse_arg(None, variant=variant, data="synthetic"))
     c.init = "random"
     c.total_steps = 4
     c.log_every = 1

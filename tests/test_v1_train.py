@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import tiny_config
 
 from tvts import backbone as backbone_lib
 from tvts import config as config_lib
@@ -33,27 +34,11 @@ CONTEXT = 16
 
 
 def v1_config(vocab_path: str = "", **overrides):
-    """`v1-tiny` from random weights: 4 frames (2 tubes) of 32 px, batches of 8, the transcribed source only, WordPiece
-    with `vocab_path`, a constant learning rate, no evaluators."""
-    c = base_config(parse_arg(None, variant="v1-tiny", data="synthetic"))
-    c.init = "random"
-    c.total_steps = 4
-    c.log_every = 1
-    c.checkpoint_every = 2
-    c.model.dtype = "float32"
-    c.model.remat = "none"
-    c.model.num_frames = 4
-    c.data.sources = ("transcribed",)
-    c.data.transcribed_batch = 8
-    c.data.captioned_batch = 8
-    c.data.context_length = CONTEXT
-    c.data.tokenizer = "wordpiece"
-    c.data.vocab_path = vocab_path
-    c.optim.groups = {"new": 1e-3}
-    c.optim.schedule = "constant"
-    c.optim.weight_decay = 0.0
-    c.lock()
-    return apply_overrides(c, overrides)
+    """`v1-tiny` as helpers.tiny_config makes `tiny` (4 frames, i.e. 2 tubes), with WordPiece from `vocab_path`, one
+    parameter group and no weight decay, as v1 publishes."""
+    return tiny_config(variant="v1-tiny", **{"data.context_length": CONTEXT, "data.tokenizer": "wordpiece",
+                                             "data.vocab_path": vocab_path, "optim.groups": {"new": 1e-3},
+                                             "optim.weight_decay": 0.0, **overrides})
 
 
 def reference_wordpiece(text: str, vocab: dict[str, int], length: int) -> list[int]:
