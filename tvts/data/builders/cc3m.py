@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from tvts.data.builders import common
-from tvts.data.builders.common import BadSample, ManualDirError, Sample, Skip, VideoProbe
+from tvts.data.builders.common import BadSample, Sample, Skip, VideoProbe
 
 __all__ = ['Cc3m', 'probe_image']
 
@@ -51,9 +51,8 @@ def probe_image(data: bytes) -> VideoProbe:
     return VideoProbe(duration=0.0, num_frames=1, width=width, height=height, codec=kind, container='image')
 
 
-def find_tsv(manual_dir: str, split: str) -> str | None:
-    return next((p.format(split=split) for p in _TSV_NAMES
-                 if os.path.isfile(os.path.join(manual_dir, p.format(split=split)))), None)
+def _tsv_names(split: str) -> tuple[str, ...]:
+    return tuple(pattern.format(split=split) for pattern in _TSV_NAMES)
 
 
 class Cc3m(common.VideoBuilder, skip_registration=True):
@@ -76,20 +75,14 @@ cc3m reads a manual directory holding
     def _text_features(self):
         return {'duration': tfds.features.Scalar(dtype=np.float32), 'caption': tfds.features.Text()}
 
-    def _split_generators(self, dl_manager):
-        manual_dir = os.fspath(dl_manager.manual_dir)
-        missing = [_TSV_NAMES[0].format(split=s) for s in self.SPLITS if not find_tsv(manual_dir, s)]
-        missing += [f'{d}/' for d in _DIRS.values() if not os.path.isdir(os.path.join(manual_dir, d))]
-        if not os.path.isdir(manual_dir) or missing:
-            raise ManualDirError(f'cc3m: the manual directory {manual_dir} lacks {", ".join(missing) or "itself"}.\n'
-                                 f'{self.MANUAL_DOWNLOAD_INSTRUCTIONS}')
-        return super()._split_generators(dl_manager)
+    def _required(self):
+        return [_tsv_names(split) for split in self.SPLITS] + [f'{d}/' for d in _DIRS.values()]
 
     def _probe(self, data: bytes, name: str) -> VideoProbe:
         return probe_image(data)
 
     def _samples(self, split: str, manual_dir: str) -> Iterator[Sample | Skip]:
-        rel = find_tsv(manual_dir, split)
+        rel = common.first_file(manual_dir, _tsv_names(split))
         header, rows = common.read_csv(os.path.join(manual_dir, rel), delimiter='\t')
         lower = [h.lower() for h in header]
         cap = lower.index('caption') if 'caption' in lower else 0

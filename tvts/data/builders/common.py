@@ -37,7 +37,8 @@ from tensorflow_datasets.core import registered
 __all__ = [
     'VERSION', 'VIDEO_EXTENSIONS', 'REASONS', 'ManualDirError', 'BadSample', 'Sample', 'Skip', 'VideoProbe',
     'probe_video', 'SkipLog', 'VideoBuilder', 'register', 'read_text', 'read_json', 'read_csv', 'read_lines',
-    'has_invalid_utf8', 'printable', 'require', 'index_videos', 'find_video', 'DEFAULT_MIN_FRAMES', 'mapping',
+    'has_invalid_utf8', 'printable', 'require', 'first_file', 'index_videos', 'find_video', 'DEFAULT_MIN_FRAMES',
+    'mapping',
 ]
 
 VERSION = tfds.core.Version('1.0.0')
@@ -302,15 +303,26 @@ def read_csv(path: str, delimiter: str | None = None) -> tuple[list[str], list[t
     return header or [], rows
 
 
-def require(manual_dir: str, dataset: str, paths: Iterable[str], instructions: str = '') -> None:
+def _exists(manual_dir: str, rel: str) -> bool:
+    full = os.path.join(manual_dir, rel.rstrip('/'))
+    return os.path.isdir(full) if rel.endswith('/') else os.path.isfile(full)
+
+
+def first_file(manual_dir: str, candidates: Sequence[str]) -> str | None:
+    """The first of ``candidates`` (relative paths; a trailing '/' means a folder) the manual directory holds."""
+    return next((rel for rel in candidates if _exists(manual_dir, rel)), None)
+
+
+def require(manual_dir: str, dataset: str, paths: Iterable[str | Sequence[str]], instructions: str = '') -> None:
     """Raise ManualDirError naming every path of ``paths`` (relative; a trailing '/' means a folder) that
-    the manual directory lacks."""
+    the manual directory lacks; an item may be a tuple of alternative paths (the layouts a dataset is found in),
+    any one of which will do."""
     missing = []
     for rel in paths:
-        full = os.path.join(manual_dir, rel.rstrip('/'))
-        ok = os.path.isdir(full) if rel.endswith('/') else os.path.isfile(full)
-        if not ok:
-            missing.append(rel)
+        alternatives = (rel,) if isinstance(rel, str) else tuple(rel)
+        if first_file(manual_dir, alternatives) is None:
+            missing.append(alternatives[0] + (f' (or {", ".join(alternatives[1:])})' if len(alternatives) > 1
+                                              else ''))
     if missing:
         raise ManualDirError(
             f'{dataset}: the manual directory {manual_dir} lacks ' + ', '.join(missing) +
@@ -443,7 +455,8 @@ class VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _samples(self, split: str, manual_dir: str) -> Iterator[Sample | Skip]:
         """Every sample the split's lists name (or a Skip for a rejected row), in list order."""
 
-    def _required(self) -> Sequence[str]:
+    def _required(self) -> Sequence[str | Sequence[str]]:
+        """What the manual directory must hold: paths, or tuples of alternative paths (see `require`)."""
         return ()
 
     def _probe(self, data: bytes, name: str) -> VideoProbe:

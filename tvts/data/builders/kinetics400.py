@@ -54,12 +54,8 @@ def class_index(label: str) -> int | None:
     return _EXACT.get(label, _BY_KEY.get(_key(label)))
 
 
-def find_csv(manual_dir: str, split: str) -> str | None:
-    for pattern in _CSV_NAMES:
-        rel = pattern.format(split=split)
-        if os.path.isfile(os.path.join(manual_dir, rel)):
-            return rel
-    return None
+def _csv_names(split: str) -> tuple[str, ...]:
+    return tuple(pattern.format(split=split) for pattern in _CSV_NAMES)
 
 
 class Kinetics400(common.VideoBuilder, skip_registration=True):
@@ -80,19 +76,14 @@ kinetics400 reads a manual directory holding
     def _text_features(self):
         return {'label': tfds.features.ClassLabel(names=list(CLASSES))}
 
-    def _split_generators(self, dl_manager):
-        manual_dir = os.fspath(dl_manager.manual_dir)
-        missing = [f'annotations/{s}.csv' for s in self.SPLITS if not find_csv(manual_dir, s)]
-        if not os.path.isdir(manual_dir) or missing:
-            raise ManualDirError(f'kinetics400: the manual directory {manual_dir} lacks '
-                                 f'{", ".join(missing) or "itself"}.\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}')
-        return super()._split_generators(dl_manager)
+    def _required(self):
+        return [_csv_names(split) for split in self.SPLITS]
 
     def _prepare(self, manual_dir: str) -> None:
         self._videos = common.index_videos(manual_dir)   # stem -> path; one walk for both splits
 
     def _samples(self, split: str, manual_dir: str) -> Iterator[Sample | Skip]:
-        rel = find_csv(manual_dir, split)
+        rel = common.first_file(manual_dir, _csv_names(split))
         header, rows = common.read_csv(os.path.join(manual_dir, rel), delimiter=',')
         need = ('label', 'youtube_id', 'time_start', 'time_end')
         absent = [c for c in need if c not in header]

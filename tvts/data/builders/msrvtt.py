@@ -34,13 +34,6 @@ _JSON = ('annotation/MSRVTT_data.json', 'MSRVTT_data.json')
 _TEST_CSV = ('MSRVTT_JSFUSION_test.csv', 'annotation/MSRVTT_JSFUSION_test.csv')
 
 
-def _first_existing(manual_dir: str, candidates) -> str | None:
-    for rel in candidates:
-        if os.path.isfile(os.path.join(manual_dir, rel)):
-            return rel
-    return None
-
-
 class Msrvtt(common.VideoBuilder, skip_registration=True):
     """MSR-VTT videos with their captions; test = the 1k-A (JSFusion) split."""
 
@@ -62,15 +55,11 @@ msrvtt reads a manual directory holding
         return {'captions': tfds.features.Sequence(tfds.features.Text())}
 
     def _required(self):
-        return ('videos/all/',)
+        return ('videos/all/', _JSON, _TEST_CSV)
 
     def _prepare(self, manual_dir: str) -> None:
-        self._json_rel = _first_existing(manual_dir, _JSON)
-        self._csv_rel = _first_existing(manual_dir, _TEST_CSV)
-        missing = [c[0] for c, found in ((_JSON, self._json_rel), (_TEST_CSV, self._csv_rel)) if not found]
-        if missing:
-            raise ManualDirError(f'msrvtt: the manual directory {manual_dir} lacks {", ".join(missing)}.\n'
-                                 f'{self.MANUAL_DOWNLOAD_INSTRUCTIONS}')
+        self._json_rel = common.first_file(manual_dir, _JSON)
+        self._csv_rel = common.first_file(manual_dir, _TEST_CSV)
         try:
             data = common.read_json(os.path.join(manual_dir, self._json_rel))
         except BadSample as e:

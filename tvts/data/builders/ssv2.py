@@ -54,10 +54,6 @@ def template_class(template: str) -> str:
     return ' '.join(template.replace('[', '').replace(']', '').split())
 
 
-def _find(manual_dir: str, what: str) -> str | None:
-    return next((rel for rel in _LABEL_FILES[what] if os.path.isfile(os.path.join(manual_dir, rel))), None)
-
-
 def _strings(value: Any) -> list[str]:
     if isinstance(value, str):
         return [value]
@@ -96,19 +92,14 @@ ssv2 reads a manual directory holding
         return {'label': tfds.features.ClassLabel(names=list(CLASSES)), 'caption': tfds.features.Text(),
                 'template': tfds.features.Text()}
 
-    def _split_generators(self, dl_manager):
-        manual_dir = os.fspath(dl_manager.manual_dir)
-        needed = ('mc',) if self.builder_config.name == 'mc' else ('labels', 'train', 'validation')
-        missing = [_LABEL_FILES[w][0] for w in needed if not _find(manual_dir, w)]
-        if not os.path.isdir(manual_dir) or missing:
-            raise ManualDirError(f'ssv2: the manual directory {manual_dir} lacks {", ".join(missing) or "itself"}'
-                                 f'.\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}')
-        return super()._split_generators(dl_manager)
+    def _required(self):
+        return [_LABEL_FILES[w] for w in (('mc',) if self.builder_config.name == 'mc'
+                                          else ('labels', 'train', 'validation'))]
 
     def _prepare(self, manual_dir: str) -> None:
         self._videos = common.index_videos(manual_dir)
         if self.builder_config.name == 'labels':
-            rel = _find(manual_dir, 'labels')
+            rel = common.first_file(manual_dir, _LABEL_FILES['labels'])
             try:
                 found = common.read_json(os.path.join(manual_dir, rel))
                 found = {str(k): int(v) for k, v in common.mapping(found).items()}
@@ -124,7 +115,7 @@ ssv2 reads a manual directory holding
         if self.builder_config.name == 'mc':
             yield from self._mc_samples(manual_dir)
             return
-        rel = _find(manual_dir, split)
+        rel = common.first_file(manual_dir, _LABEL_FILES[split])
         try:
             entries = json.loads(common.read_text(os.path.join(manual_dir, rel)))
         except ValueError as e:
@@ -151,7 +142,7 @@ ssv2 reads a manual directory holding
                          fields={'label': classes[cls], 'caption': caption, 'template': str(entry['template'])})
 
     def _mc_samples(self, manual_dir: str) -> Iterator[Sample | Skip]:
-        rel = _find(manual_dir, 'mc')
+        rel = common.first_file(manual_dir, _LABEL_FILES['mc'])
         for line, text in common.read_lines(os.path.join(manual_dir, rel)):
             if not text.strip():
                 continue
