@@ -572,10 +572,6 @@ class BenchmarkEvaluator(Evaluator):
                        probe=g("probe", "lbfgs"))
 
     def compute(self, encoders, final, references):
-        import jax
-
-        if jax.process_count() > 1:
-            raise NotImplementedError(f"{self.name}: benchmark evaluators run on one process")
         res = run_task(self.TASK, encoders, self.cfg.data_dir, self._options())
         out = dict(res["metrics"])
         out.update({f"chance/{k}": v for k, v in res["chance"].items()})

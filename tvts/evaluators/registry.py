@@ -30,7 +30,9 @@ def check_entries(evals_cfg: Any, process_count: int = 1) -> None:
 
 
 def make_evaluators(evals_cfg: Any, data_cfg: Any, spec: PreprocessSpec, output_dir: Any = None) -> list[Evaluator]:
-    check_entries(evals_cfg)
+    import jax
+
+    check_entries(evals_cfg, jax.process_count())
     return [EVALUATORS[entry.type](name, entry, data_cfg, spec, output_dir) for name, entry in evals_cfg.items()]
 
 
