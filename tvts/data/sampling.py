@@ -411,21 +411,24 @@ def image_sample(example: Mapping[str, Any], rng: np.random.Generator | None,
     uint8 [T, S, S, 3], [caption]); the crop is the videos' (TVTS v1's image transform, a random resized crop with
     flips, is not reproduced)."""
     rng = rng if cfg.train else None
-    caption = ' '.join(as_text(example.get('caption')).split())
-    if not caption:
-        raise BadExample('no_caption', 'empty caption')
+    caption = _caption(example)
     crop = draw_crop(rng, cfg)
     frames = decode_frames(example.get('video'), np.zeros(cfg.num_frames), _cropper(cfg, crop), cfg.decode_threads)
     return frames, [caption]
+
+
+def _caption(example: Mapping[str, Any]) -> str:
+    caption = ' '.join(as_text(example.get('caption')).split())
+    if not caption:
+        raise BadExample('no_caption', 'empty caption')
+    return caption
 
 
 def captioned_sample(example: Mapping[str, Any], rng: np.random.Generator | None,
                      cfg: SamplingConfig) -> tuple[np.ndarray, list[str]]:
     """A webvid record (``video``, ``duration``, ``caption``) -> (frames uint8 [T, S, S, 3], [caption])."""
     rng = rng if cfg.train else None
-    caption = ' '.join(as_text(example.get('caption')).split())
-    if not caption:
-        raise BadExample('no_caption', 'empty caption')
+    caption = _caption(example)
     duration = read_duration(example.get('duration'))
     times = captioned_frame_times(duration, cfg.num_frames, rng)
     crop = draw_crop(rng, cfg)
