@@ -43,6 +43,29 @@ def test_pq_encode_decode_round_trip_and_nearest_codeword():
     np.testing.assert_array_equal(baselines.pq_encode(noisy, books), reference)
 
 
+def test_kmeans_codebooks_cover_planted_directions():
+    """Sub-vectors around 256 planted directions per codebook, at any length: the k-means start of the learned
+    quantisers (cosine codes) puts a codeword near nearly every item's direction and uses nearly every codeword,
+    where the random-normal start they replace leaves items far from any codeword."""
+    rng = np.random.default_rng(0)
+    m, k, ds = 2, 256, 16
+    planted = rng.standard_normal((m, k, ds)).astype(np.float32)
+    planted /= np.linalg.norm(planted, axis=-1, keepdims=True)
+    ids = rng.integers(0, k, (2048, m))
+    scale = rng.uniform(0.5, 3.0, (len(ids), m, 1)).astype(np.float32)
+    z = planted[np.arange(m), ids] * scale + 0.01 * rng.standard_normal((len(ids), m, ds)).astype(np.float32)
+    z = z.reshape(len(z), -1)
+
+    def fit(books):  # mean cosine of each sub-vector with its codeword, codewords used per codebook
+        scores = np.asarray(cnn.codeword_scores(jnp.asarray(z), jnp.asarray(books)))
+        return scores.max(-1).mean(), min(len(np.unique(c)) for c in scores.argmax(-1).T)
+
+    cosine, used = fit(cnn.kmeans_codebooks(z, m, seed=0))
+    assert cosine > 0.94 and used > 200, (cosine, used)
+    random_cosine, _ = fit(rng.standard_normal((m, k, ds)).astype(np.float32))
+    assert random_cosine < 0.8, random_cosine
+
+
 def test_pq_codebooks_from_faiss_encode_as_faiss_does():
     import faiss
 
@@ -177,7 +200,7 @@ def test_synthetic_features_are_a_function_of_seed_and_hold_the_keys():
 
 
 def test_learned_and_random_codes_are_determined_by_the_seed():
-    feats = _small(64)
+    feats = _small(300)
     opts = {"steps": 3, "batch": 16, "dim": 32, "memory": 32}
     one = methods.train("mecoq", 16, feats, seed=7, progress=False, **opts)
     two = methods.train("mecoq", 16, feats, seed=7, progress=False, **opts)
@@ -188,6 +211,25 @@ def test_learned_and_random_codes_are_determined_by_the_seed():
     np.testing.assert_array_equal(methods.database_codes(one, feats), methods.database_codes(two, feats))
     lsh = [methods.train("lsh", 32, feats, seed=s, progress=False).arrays["hyperplanes"] for s in (1, 1, 2)]
     assert np.array_equal(lsh[0], lsh[1]) and not np.array_equal(lsh[0], lsh[2])
+
+
+def test_mecoq_views_are_views_of_the_encoded_vector():
+    """views='auto' draws frame halves only when the item vectors are the frames' mean; otherwise (a whole-clip
+    embedding beside per-frame encodings) it perturbs the vector itself."""
+    arrays = synthetic.generate(300, "train", seed=0)
+    opts = {"steps": 2, "batch": 16, "dim": 32, "memory": 32}
+    same = methods.train("mecoq", 16, features.from_arrays(arrays, "same.npz"), progress=False, **opts)
+    assert same.info["views_from"] == "frame_embeddings"
+    clip = dict(arrays, embeddings=np.random.default_rng(1).standard_normal((300, 256)).astype(np.float32))
+    other = methods.train("mecoq", 16, features.from_arrays(clip, "clip.npz"), progress=False, **opts)
+    assert other.info["views_from"] == "vector"
+    forced = methods.train("mecoq", 16, features.from_arrays(clip, "clip.npz"), progress=False, views="frames",
+                           **opts)
+    assert forced.info["views_from"] == "frame_embeddings"
+    no_frames = {k: v for k, v in arrays.items() if k != "frame_embeddings"}
+    with pytest.raises(features.FeatureFileError, match="vec.npz: mecoq needs per-frame features"):
+        methods.train("mecoq", 16, features.from_arrays(no_frames, "vec.npz"), progress=False, views="frames",
+                      **opts)
 
 
 def test_codes_directory_round_trip(tmp_path):

@@ -10,13 +10,22 @@ z^_m = sum_k p_mk c_mk (unit codewords). Losses:
     codebooks do); switched on after `memory_start` of training, once the codebooks have settled;
   * codeword diversity: the mean cosine similarity between codewords of the same codebook, minimised (without it
     the contrastive loss lets all items collapse onto a few codewords).
-Views: two random halves of the item's frames, each averaged, plus Gaussian noise (`noise`); for [N, D] files only
-the noise and a feature dropout (`dropout`). The paper's views are image augmentations.
+Views (the paper's are image augmentations) must be views of what is encoded, the item vector. `views="frames"`:
+two random halves of the item's frames, each averaged, plus Gaussian noise (`noise`) and feature dropout
+(`dropout`); `views="vector"`: the item vector with noise and dropout. `views="auto"` (the default) takes frames only
+when the item vectors are the means of the file's per-frame features (cosine >= 0.99 on average), as in a file
+whose `embeddings` are [N, T, D]. A tvts.extract file's whole-clip vector is not: its per-frame features encode each
+frame alone and miss the motion the clip embedding holds, and training on their halves would code a different
+vector from the one encoded (measured on the demo backbone's features: docs/codes.md).
 
 Where the released code (github.com/gimpong/AAAI22-MeCoQ) differs, as reported in the issue this implementation
 follows: its codebooks never receive a gradient (they stay at their initial values), and its contrastive loss has a
 broadcasting error. Here the codebooks are parameters trained by every loss above, and the debiased loss is
 tvts.codes.nn.debiased_contrastive, checked against its formula in the tests.
+
+Codebooks start from k-means (faiss) on the initial head's unit sub-vectors, and with `refit` (the default) are
+fitted again by k-means to the trained head's outputs: trained by soft assignment alone, most codewords fall out of
+use and the hard codes lose ranking quality (tvts.codes.nn.kmeans_codebooks; figures in docs/codes.md).
 
 Retrieval: the query's unit z against the database's hard codes (argmax_k of the cosine) by ADC with inner products.
 """
@@ -78,6 +87,11 @@ def view_pairs(x: np.ndarray, frames: np.ndarray | None, idx: np.ndarray, rng: n
     return one(), one()
 
 
+def frame_mean_agreement(feats: Features) -> float:
+    """Mean cosine between each item vector and the mean of its per-frame features."""
+    return float(np.mean(np.sum(unit(feats.vectors) * unit(unit(feats.sequence).mean(1)), -1)))
+
+
 class MeCoQ(Method):
     name = "mecoq"
     kind = "quantizer"
@@ -85,21 +99,38 @@ class MeCoQ(Method):
     learned = True
     defaults = {"steps": 800, "batch": 256, "lr": 1e-3, "dim": 128, "alpha": 10.0, "temperature": 0.2,
                 "tau_plus": 0.05, "memory": 1024, "memory_start": 0.2, "diversity_weight": 1.0, "noise": 0.02,
-                "dropout": 0.1}
+                "dropout": 0.1, "views": "auto", "refit": True}
+    VIEWS = ("auto", "frames", "vector")
 
     def check(self, feats, bits):
-        feats.require_items(self.name, 8, "a batch of contrastive negatives")
+        feats.require_items(self.name, CODEWORDS, f"k-means with {CODEWORDS} codewords per codebook")
+
+    def view_frames(self, feats: Features, views: str) -> np.ndarray | None:
+        """The per-frame features the views are drawn from, or None for views of the vector."""
+        if views not in self.VIEWS:
+            raise ValueError(f"mecoq: views={views!r} is not one of {self.VIEWS}")
+        if views == "vector" or feats.sequence is None:
+            if views == "frames":
+                feats.require_sequence(self.name)
+            return None
+        if views == "auto" and frame_mean_agreement(feats) < 0.99:
+            return None
+        return unit(feats.sequence)
 
     def fit(self, feats, bits, seed, options, progress):
         arrays = centres(feats)
         x = prepared(arrays, feats, "video")
-        frames = None if feats.sequence is None else unit(feats.sequence) - arrays["mean"]
+        frames = self.view_frames(feats, options["views"])
+        frames = None if frames is None else frames - arrays["mean"]
         m, n = bits // 8, len(x)
         if options["dim"] % m:
             raise ValueError(f"mecoq: dim={options['dim']} does not split into {m} codebooks")
         net = QuantizedEncoder(options["dim"], m)
         batch = min(options["batch"], n)
         params = net.init(jax.random.key(seed), x[:2])["params"]
+        embed = jax.jit(lambda p, v: net.apply({"params": p}, v))
+        params = {**params, "codebooks": jnp.asarray(cnn.kmeans_codebooks(
+            cnn.batch_apply(lambda v: embed(params, v), x), m, seed))}
         memory = {"codes": jnp.zeros((options["memory"], m, CODEWORDS)), "next": jnp.zeros((), jnp.int32)}
         start = int(options["memory_start"] * options["steps"])
 
@@ -125,8 +156,12 @@ class MeCoQ(Method):
 
         params, _, history = cnn.fit(loss_fn, params, memory, sample, steps=options["steps"], lr=options["lr"],
                                      seed=seed, desc=f"mecoq {bits} bits", progress=progress)
+        if options["refit"]:
+            params = {**params, "codebooks": jnp.asarray(cnn.kmeans_codebooks(
+                cnn.batch_apply(lambda v: embed(params, v), x), m, seed))}
         books = np.asarray(cnn.l2n(params["codebooks"]))
-        return {**arrays, "codebooks": books, **cnn.flatten_params(params)}, history
+        return {**arrays, "codebooks": books, **cnn.flatten_params(params)}, {
+            "views_from": "vector" if frames is None else feats.sequence_key, **history}
 
     def _embed(self, coder, x: np.ndarray) -> np.ndarray:
         net = QuantizedEncoder(coder.info["options"]["dim"], coder.bits // 8)
