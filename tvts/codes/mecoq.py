@@ -129,8 +129,11 @@ class MeCoQ(Method):
         batch = min(options["batch"], n)
         params = net.init(jax.random.key(seed), x[:2])["params"]
         embed = jax.jit(lambda p, v: net.apply({"params": p}, v))
-        params = {**params, "codebooks": jnp.asarray(cnn.kmeans_codebooks(
-            cnn.batch_apply(lambda v: embed(params, v), x), m, seed))}
+
+        def codebooks_by_kmeans(params):
+            return cnn.with_kmeans_codebooks(params, cnn.batch_apply(lambda v: embed(params, v), x), seed)
+
+        params = codebooks_by_kmeans(params)
         memory = {"codes": jnp.zeros((options["memory"], m, CODEWORDS)), "next": jnp.zeros((), jnp.int32)}
         start = int(options["memory_start"] * options["steps"])
 
@@ -157,8 +160,7 @@ class MeCoQ(Method):
         params, _, history = cnn.fit(loss_fn, params, memory, sample, steps=options["steps"], lr=options["lr"],
                                      seed=seed, desc=f"mecoq {bits} bits", progress=progress)
         if options["refit"]:
-            params = {**params, "codebooks": jnp.asarray(cnn.kmeans_codebooks(
-                cnn.batch_apply(lambda v: embed(params, v), x), m, seed))}
+            params = codebooks_by_kmeans(params)
         books = np.asarray(cnn.l2n(params["codebooks"]))
         return {**arrays, "codebooks": books, **cnn.flatten_params(params)}, {
             "views_from": "vector" if frames is None else feats.sequence_key, **history}

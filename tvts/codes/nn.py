@@ -84,6 +84,11 @@ def kmeans_codebooks(z: np.ndarray, m: int, seed: int) -> np.ndarray:
     return train_pq(sub.reshape(len(z), -1), m, seed)
 
 
+def with_kmeans_codebooks(params, z: np.ndarray, seed: int):
+    """params with its 'codebooks' replaced by kmeans_codebooks of the embeddings z."""
+    return {**params, "codebooks": jnp.asarray(kmeans_codebooks(z, params["codebooks"].shape[0], seed))}
+
+
 def codeword_diversity(codebooks: jax.Array) -> jax.Array:
     """Mean cosine similarity between distinct codewords of the same codebook (minimised: codewords spread out
     instead of collapsing onto the few the contrastive loss first pulls)."""

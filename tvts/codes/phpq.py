@@ -102,8 +102,11 @@ class PHPQ(Method):
         batch = min(options["batch"], n)
         params = net.init(jax.random.key(seed), *(x[:2] for x in levels))["params"]
         embed = jax.jit(lambda p, *xs: net.apply({"params": p}, *xs))
-        params = {**params, "codebooks": jnp.asarray(cnn.kmeans_codebooks(
-            cnn.batch_apply(lambda *xs: embed(params, *xs), *levels), m, seed))}
+
+        def codebooks_by_kmeans(params):
+            return cnn.with_kmeans_codebooks(params, cnn.batch_apply(lambda *xs: embed(params, *xs), *levels), seed)
+
+        params = codebooks_by_kmeans(params)
 
         def sample(rng):
             idx = rng.choice(n, batch, replace=False)
@@ -128,8 +131,7 @@ class PHPQ(Method):
                                      seed=seed, desc=f"phpq {bits} bits", progress=progress)
         arrays = {f"level_mean_{i}": mean for i, mean in enumerate(means)}
         if options["refit"]:
-            params = {**params, "codebooks": jnp.asarray(cnn.kmeans_codebooks(
-                cnn.batch_apply(lambda *xs: embed(params, *xs), *levels), m, seed))}
+            params = codebooks_by_kmeans(params)
         books = np.asarray(cnn.l2n(params["codebooks"]))
         shapes = [list(x.shape[1:]) for x in levels]
         return {**arrays, "codebooks": books, **cnn.flatten_params(params)}, {"classes": classes,
