@@ -112,3 +112,26 @@ def test_sampling_and_resizing():
     assert crop.shape == (16, 16, 3) and crop.min() == 255  # short side to 16, then the centre square: white
     with pytest.raises(ValueError, match="resize"):
         extract.resize_frame(image, 16, "squash")
+
+
+def test_per_frame_in_context_are_the_clip_pass_tokens_and_see_the_other_frames(backbone_dir, tmp_path):
+    """--per_frame context: each frame's vector is the mean of its patch tokens from the whole-clip pass, so changing
+    one frame moves every frame's vector; --per_frame alone moves only the changed frame's."""
+    path = str(tmp_path / "v.mp4")
+    encode_mp4(path, moving_square(12, 32, 32, 4), fps=8)
+    bb = backbone_lib.load(backbone_dir)
+    arrays = extract.extract(bb, [path], per_frame="context", progress=False)
+    frames = reference(path, arrays["frame_indices"], 32)
+    tokens = bb.video_tokens(frames)[:, 1:].reshape(1, 4, 16, 64)  # tiny: 4 frames of 4 x 4 patches
+    assert arrays["frame_embeddings"].shape == (1, 4, 64)
+    np.testing.assert_allclose(arrays["frame_embeddings"], tokens.mean(2), rtol=1e-5, atol=1e-5)
+    assert json.loads(str(arrays["meta"]))["per_frame"] == "context"
+
+    changed = frames.copy()
+    changed[0, 0] = 255 - changed[0, 0]
+    moved = np.abs(bb.frames_in_context(changed) - bb.frames_in_context(frames)).max(-1)[0]
+    assert (moved > 1e-4).all(), moved
+    alone = np.abs(bb.encode_frames(changed[0]) - bb.encode_frames(frames[0])).max(-1)
+    assert alone[0] > 1e-4 and (alone[1:] < 1e-6).all(), alone
+    with pytest.raises(ValueError, match="per_frame='both'"):
+        extract.extract(bb, [path], per_frame="both", progress=False)

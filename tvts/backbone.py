@@ -191,10 +191,25 @@ class Backbone:
         a TVTS v1 backbone: [B, 1 + tubes*N, E] (tubes = T / tubelet_size, at least 1)."""
         s = self.spec
         frames = self._frames(frames, (s.num_frames, s.image_size, s.image_size, 3), "video_tokens")
-        video = self.variant["video"]
-        n = (s.image_size // video["patch_size"]) ** 2
-        groups = max(s.num_frames // video.get("tubelet_size", 1), 1)  # frames (TVTSv2) or tubes (TVTS v1)
-        return self._run("video_tokens", "video", frames, (1 + groups * n, self.embed_dim))
+        n = (s.image_size // self.variant["video"]["patch_size"]) ** 2
+        return self._run("video_tokens", "video", frames, (1 + self.token_groups * n, self.embed_dim))
+
+    @property
+    def token_groups(self) -> int:
+        """Groups of patch tokens per clip: frames (TVTSv2) or tubes (TVTS v1)."""
+        return max(self.spec.num_frames // self.variant["video"].get("tubelet_size", 1), 1)
+
+    def frames_in_context(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 [B, T, H, W, 3] -> float32 [B, G, E]: each frame's projected patch tokens from the whole-clip pass,
+        averaged (G = T; a TVTS v1 backbone: per tube). Unlike encode_frames these have seen the other frames
+        through the time attention, so they hold the motion a single frame cannot show."""
+        return self.frame_means(self.video_tokens(frames))
+
+    def frame_means(self, tokens: np.ndarray) -> np.ndarray:
+        """video_tokens' output [B, 1 + G*N, E] -> each group's patch tokens averaged [B, G, E] (CLS dropped)."""
+        patches = tokens[:, 1:]
+        b, n_tokens, e = patches.shape
+        return patches.reshape(b, self.token_groups, n_tokens // self.token_groups, e).mean(2)
 
     def encode_frames(self, frames: np.ndarray) -> np.ndarray:
         """uint8 [B, H, W, 3] -> float32 [B, E]: each frame encoded alone, as a one-frame clip (temporal embedding

@@ -1,7 +1,7 @@
 """Video embeddings of a list of files and folders with an exported backbone (docs/backbone.md):
 
     python -m tvts.extract --backbone BACKBONE_DIR --out FEATURES.npz PATH [PATH ...]
-        [--clips K] [--per_frame] [--resize stretch|crop] [--batch_size 16] [--workers 2]
+        [--clips K] [--per_frame [alone|context]] [--resize stretch|crop] [--batch_size 16] [--workers 2]
 
 PATHs are video files, or folders searched recursively for .mp4 .avi .webm .mkv .mov (any case). Each video gives
 `spec.num_frames` frames at `np.linspace(0, n_frames - 1, num_frames).astype(int)`, each resized to the spec's
@@ -21,9 +21,12 @@ The .npz holds
 and, with --clips K (K > 1): the video cut into K equal windows [k n / K, (k + 1) n / K), each sampled like a whole
 video (its own num_frames evenly spaced frames)
     clip_embeddings   [N, K, E]   clip_frame_indices [N, K, T]
-and with --per_frame: each sampled frame (of the K clips, or of the whole-video sample when K = 1) encoded alone as a
-one-frame clip (`Backbone.encode_frames`: temporal embedding row 0, time attention over that frame only)
+and with --per_frame: one vector per sampled frame (of the K clips, or of the whole-video sample when K = 1)
     frame_embeddings  [N, K*T, E] frame k*T + i is frame i of clip k
+`alone` (the default): each frame encoded alone as a one-frame clip (`Backbone.encode_frames`: temporal embedding
+row 0, time attention over that frame only); `context`: the frame's projected patch tokens from the clip's own pass,
+averaged (`Backbone.frames_in_context`; they have seen the other frames, so they carry motion; one more pass of the
+video tower per clip; a TVTS v1 backbone gives one vector per tube, T / tubelet_size per clip).
 """
 from __future__ import annotations
 
@@ -170,10 +173,15 @@ class _Batcher:
         return np.concatenate(self.outputs) if self.outputs else np.zeros((0, dim), np.float32)
 
 
-def extract(bb, paths: Sequence[str], *, clips: int = 1, per_frame: bool = False, batch_size: int = 16,
+PER_FRAME = ("alone", "context")
+
+
+def extract(bb, paths: Sequence[str], *, clips: int = 1, per_frame: str | None = None, batch_size: int = 16,
             workers: int = 2, resize: str = "stretch", progress: bool = True) -> dict[str, np.ndarray]:
     """The .npz's arrays (see the module docstring) for the videos under `paths`, with `bb` a
-    tvts.backbone.Backbone."""
+    tvts.backbone.Backbone. per_frame: None, 'alone' or 'context'."""
+    if per_frame is not None and per_frame not in PER_FRAME:
+        raise ValueError(f"per_frame={per_frame!r}; use one of {PER_FRAME}")
     if clips < 1:
         raise ValueError(f"clips={clips} must be >= 1")
     if resize not in RESIZES:
@@ -183,7 +191,11 @@ def extract(bb, paths: Sequence[str], *, clips: int = 1, per_frame: bool = False
     t, s, e = spec.num_frames, spec.image_size, bb.embed_dim
     videos, failed = find_videos(paths)
     video_batches = _Batcher(bb.encode_video, batch_size, (t, s, s, 3))
-    frame_batches = _Batcher(bb.encode_frames, batch_size * t, (s, s, 3)) if per_frame else None
+    frame_batches = None
+    if per_frame == "alone":
+        frame_batches = _Batcher(bb.encode_frames, batch_size * t, (s, s, 3))
+    elif per_frame == "context":
+        frame_batches = _Batcher(bb.frames_in_context, batch_size, (t, s, s, 3))
     good: list[tuple[VideoFile, Sampled]] = []
 
     from tqdm import tqdm
@@ -216,7 +228,8 @@ def extract(bb, paths: Sequence[str], *, clips: int = 1, per_frame: bool = False
             if clips > 1:
                 video_batches.add(sample.clip_frames)
             if per_frame:
-                frame_batches.add((sample.frames if clips == 1 else sample.clip_frames).reshape(-1, s, s, 3))
+                whole = sample.frames[None] if clips == 1 else sample.clip_frames
+                frame_batches.add(whole.reshape(-1, s, s, 3) if per_frame == "alone" else whole)
             good.append((v, _indices_only(sample)))
             bar.update()
     units = 1 if clips == 1 else 1 + clips
@@ -236,12 +249,14 @@ def extract(bb, paths: Sequence[str], *, clips: int = 1, per_frame: bool = False
         out["clip_frame_indices"] = np.array([x.clip_indices for _, x in good], dtype=np.int64).reshape(
             len(good), clips, t)
     if per_frame:
-        out["frame_embeddings"] = frame_batches.result(e).reshape(len(good), clips * t, e).astype(np.float32)
+        per_clip = t if per_frame == "alone" else bb.token_groups
+        out["frame_embeddings"] = frame_batches.result(e).reshape(len(good), clips * per_clip, e).astype(np.float32)
     seconds = time.perf_counter() - start
     meta = {"backbone": getattr(bb, "directory", None), "spec": dict(spec), "clips": clips, "per_frame": per_frame,
             "resize": resize, "sampling": "np.linspace(0, n_frames - 1, num_frames).astype(int)",
             "videos": len(good), "failed": len(failed), "clips_encoded": video_batches.count,
-            "frames_encoded": frame_batches.count if per_frame else 0, "seconds": round(seconds, 3)}
+            "frames_encoded": 0 if per_frame is None else frame_batches.count * (1 if per_frame == "alone" else t),
+            "seconds": round(seconds, 3)}
     out["meta"] = np.array(json.dumps(meta))
     return out
 
@@ -269,7 +284,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     p.add_argument("--backbone", required=True, help="a backbone directory (python -m tvts.export)")
     p.add_argument("--out", required=True, help="the .npz to write")
     p.add_argument("--clips", type=int, default=1, help="K > 1: also K per-clip embeddings per video")
-    p.add_argument("--per_frame", action="store_true", help="also each sampled frame's embedding (a 1-frame clip)")
+    p.add_argument("--per_frame", nargs="?", const="alone", default=None, choices=PER_FRAME,
+                   help="also one vector per sampled frame: 'alone' (default; each frame as a 1-frame clip) or "
+                   "'context' (its patch tokens from the clip's pass, averaged)")
     p.add_argument("--resize", default="stretch", choices=RESIZES, help="stretch: straight to SxS (published); "
                    "crop: short side to S, centre crop")
     p.add_argument("--batch_size", type=int, default=16, help="clips per backbone call")
@@ -279,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, np.ndarray]:
 
     from tvts import backbone
 
-    functions = ("video", "image") if args.per_frame else ("video",)
+    functions = {None: ("video",), "alone": ("video", "image"), "context": ("video", "video_tokens")}[args.per_frame]
     bb = backbone.load(args.backbone, functions=functions)
     arrays = extract(bb, args.paths, clips=args.clips, per_frame=args.per_frame, batch_size=args.batch_size,
                      workers=args.workers, resize=args.resize, progress=not args.quiet)

@@ -9,7 +9,8 @@ pretraining never saw: train from the corpus's 'val' split (indices 0 .. train -
 'test' split (disjoint index ranges). Frames are rendered as the held-out evaluation renders them (deterministic
 frame times) at the backbone's spec. Per video:
     embeddings        [N, E]     encode_video (the whole clip)
-    frame_embeddings  [N, T, E]  encode_frames (each sampled frame as a one-frame clip), as tvts.extract --per_frame
+    frame_embeddings  [N, T, E]  frames_in_context (each frame's patch tokens from the whole-clip pass, averaged), as
+                                 tvts.extract --per_frame context: frames encoded alone cannot show the motion events
     texts             [N, E]     the caption's embedding
     text_tokens       [N, 4, E]  each of the caption's 4 clauses ("first a red circle moves left", ...) embedded
                                  alone: the backbone exports no per-word outputs, so phrases are HCQ's text tokens
@@ -66,15 +67,16 @@ def features_for(bb, corpus, indices: Sequence[int], *, batch: int = 32, tokens:
         idx = list(indices[start:start + batch])
         raw = corpus.captioned_batch(idx, train=False)
         frames = raw["frames"]
-        b, t = frames.shape[:2]
+        b = len(frames)
         out["embeddings"].append(bb.encode_video(frames))
-        out["frame_embeddings"].append(bb.encode_frames(frames.reshape(b * t, *frames.shape[2:])).reshape(b, t, -1))
+        video_tokens = bb.video_tokens(frames)
+        out["frame_embeddings"].append(bb.frame_means(video_tokens))
         out["texts"].append(bb.encode_text(raw["captions"]))
         phrases = [c for caption in raw["captions"] for c in _clauses(caption, clips)]
         out["text_tokens"].append(bb.encode_text(phrases).reshape(b, clips, -1))
         out["labels"].append(np.stack([event_labels(corpus, i) for i in idx]))
         if tokens:
-            out["token_embeddings"].append(bb.video_tokens(frames))
+            out["token_embeddings"].append(video_tokens)
     return {k: np.concatenate(v).astype(np.float32 if k != "labels" else np.int8) for k, v in out.items()}
 
 
@@ -83,7 +85,7 @@ def write(backbone_dir: str, out_dir: str, *, train: int = 2000, queries: int = 
     from tvts import backbone
     from tvts.data.synthetic import SyntheticConfig, SyntheticCorpus
 
-    functions = ("video", "image", "text", "video_tokens") if tokens else ("video", "image", "text")
+    functions = ("video", "text", "video_tokens")
     bb = backbone.load(backbone_dir, functions=functions)
     spec = bb.spec
     clips = SyntheticConfig().num_clips
