@@ -198,8 +198,8 @@ def random_params(setup: Setup) -> Any:
 def make_encoders(setup: Setup, params: Any) -> ModelEncoders:
     """The frozen model's encoders (mask ratio 0, as in every published evaluation) for evaluators."""
     if "encoders" not in setup.compiled:
-        setup.compiled["encoders"] = ModelEncoders(setup.model, setup.mesh, setup.rules, setup.params_sharding,
-                                                   setup.spec)
+        setup.compiled["encoders"] = ModelEncoders(setup.model.for_inference(), setup.mesh, setup.rules,
+                                                   setup.params_sharding, setup.spec)
     return setup.compiled["encoders"].with_params(params)
 
 

@@ -76,18 +76,29 @@ class Mlp(nn.Module):
                         bias_init=logical(nn.initializers.zeros, ("embed",)), name="proj")(x)
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None, heads_major: bool = False
+           ) -> jax.Array:
     """Softmax attention over the second-to-last token axis.
 
     q: [..., Lq, H, Dh], k/v: [..., Lk, H, Dh], mask broadcastable to [..., H, Lq, Lk] (True = keep).
     Returns [..., Lq, H, Dh]. Logits and softmax in float32.
+
+    heads_major: copy q, k, v to [..., H, L, Dh] before the products. For operands with the heads axis between
+    tokens and channels XLA:CPU emits a slow batched dot; at B/16 shapes the copies made the unmasked video tower's
+    forward 1.2x faster, but the train step no faster (its backward pass lost what the forward gained;
+    docs/benchmarks.md), so the inference programs use them and training does not.
     """
-    scale = q.shape[-1] ** -0.5
-    logits = jnp.einsum("...qhd,...khd->...hqk", q * jnp.asarray(scale, q.dtype), k,
-                        preferred_element_type=jnp.float32)
+    q = q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
+    if heads_major:
+        q, k, v = (jnp.swapaxes(a, -2, -3) for a in (q, k, v))
+        logits = jnp.einsum("...qd,...kd->...qk", q, k, preferred_element_type=jnp.float32)
+    else:
+        logits = jnp.einsum("...qhd,...khd->...hqk", q, k, preferred_element_type=jnp.float32)
     if mask is not None:
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    if heads_major:
+        return jnp.swapaxes(jnp.einsum("...qk,...kd->...qd", weights, v), -2, -3)
     return jnp.einsum("...hqk,...khd->...qhd", weights, v)
 
 

@@ -148,6 +148,10 @@ class TVTSv1(nn.Module):
         self.text = DistilBertEncoder(v.text, v.joint_dim, self.dtype, self.remat)
         self.sort_head = SortHead(v.sort_head, self.dtype, self.sort_type_init_std)
 
+    def for_inference(self) -> TVTSv1:
+        """The same model for forward-only programs (evaluation, export): no remat."""
+        return self.clone(remat="none")
+
     def video_features(self, video: jax.Array, keep: jax.Array | None = None) -> jax.Array:
         """[B, T, H, W, 3] -> every token after the final norm [B, 1 + tubes*n, width] (float32): the sort head's
         input."""

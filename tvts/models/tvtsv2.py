@@ -33,13 +33,19 @@ class TVTSv2(nn.Module):
     temporal_init_std: float = -1.0
     # sort-head type embedding init (see SortHead): 0 the published zeros; > 0 N(0, value)
     sort_type_init_std: float = 0.0
+    # the video tower's attention layout (layers.attend): True in the inference programs (for_inference)
+    heads_major_attention: bool = False
 
     def setup(self):
         v = self.variant
         self.video = VideoEncoder(v.video, v.joint_dim, v.act, self.dtype, self.remat, self.temporal_init_std,
-                                  v.sort_tokens)
+                                  v.sort_tokens, self.heads_major_attention)
         self.text = TextEncoder(v.text, v.joint_dim, v.act, self.dtype, self.remat)
         self.sort_head = SortHead(v.sort_head, self.dtype, self.sort_type_init_std)
+
+    def for_inference(self) -> TVTSv2:
+        """The same model for forward-only programs (evaluation, export): no remat, heads-major attention."""
+        return self.clone(remat="none", heads_major_attention=True)
 
     def encode_video(self, video: jax.Array, keep: jax.Array | None = None) -> jax.Array:
         """[B, T, H, W, 3] -> all projected tokens [B, 1 + T*n_keep, E] (float32); [:, 0] is the video embedding
