@@ -6,7 +6,8 @@ Modes:
         `RESULT <sum> <weighted sum>` computed by a jitted cross-device reduction, and
         `CACHE <dir>`, the persistent compilation cache it uses (JAX reads JAX_COMPILATION_CACHE_DIR,
         which tests/conftest.py sets for the test process and so for every child).
-  fail  process 1 exits with code 3 at once; the others print their pid and then block in
+  fail  process 1 exits with code 3 as soon as process 0 has written its pid (so the test checks a process
+        that was running when it was stopped); the others print their pid and then block in
         initialize() waiting for process 1 (so the launcher has to kill them).
   sleep print the pid, then sleep (for the Ctrl-C test).
 """
@@ -65,13 +66,18 @@ def main() -> int:
   parser.add_argument("--pid_dir", default=None)
   args = parser.parse_args()
   process_id = int(os.environ["TVTS_PROCESS_ID"])
-  if args.pid_dir:
-    with open(os.path.join(args.pid_dir, f"p{process_id}.pid"), "w") as f:
+  if args.pid_dir:  # written whole or not at all: the test reads it after the launcher has stopped us
+    path = os.path.join(args.pid_dir, f"p{process_id}.pid")
+    with open(path + ".partial", "w") as f:
       f.write(str(os.getpid()))
+    os.replace(path + ".partial", path)
   if args.mode == "sum":
     run_sum(args.expect_processes, args.expect_devices)
   elif args.mode == "fail":
     if process_id == 1:
+      deadline = time.monotonic() + 30
+      while args.pid_dir and not os.path.exists(os.path.join(args.pid_dir, "p0.pid")) and time.monotonic() < deadline:
+        time.sleep(0.05)
       print("failing on purpose", flush=True)
       return 3
     print("READY", flush=True)
