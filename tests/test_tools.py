@@ -38,3 +38,23 @@ def test_a_v1_variant_studies_the_v1_recipe_and_is_summarised():
     # the towers' sizes by hand: DistilBERT-base 66,362,880 + ReLU-Linear(768, 256) 196,864 = 66,559,744
     assert by_tower["text"] == 66_362_880 + 768 * 256 + 256
     assert dict(by_group) == {"new": sum(by_tower.values())}  # one published group
+
+
+def test_bench_builds_each_attention_layout_with_the_same_outputs():
+    """tools.bench --attention both: the extraction case in each layout (the A/B of docs/benchmarks.md) is built on
+    a model with that layout, and both embed the same frames alike."""
+    import types
+
+    import jax
+    import numpy as np
+
+    from tools.bench import LAYOUTS, ExtractCase
+
+    args = types.SimpleNamespace(variant="tiny", frames=4, dtype="float32", mesh="data=-1", batch=jax.device_count(),
+                                 warmup=1)
+    cases = {layout: ExtractCase(args, heads_major) for layout, heads_major in LAYOUTS["both"]}
+    assert {k: c.encoders.model.heads_major_attention for k, c in cases.items()} == {"token-major": False,
+                                                                                    "heads-major": True}
+    token, heads = (np.asarray(c.encoders._video(c.params, c.frames)[1]) for c in cases.values())  # every token
+    np.testing.assert_allclose(heads, token, rtol=1e-5, atol=1e-5)
+    assert ExtractCase(args).encoders.model.heads_major_attention  # 'program': the evaluation encoders' own

@@ -5,6 +5,7 @@
     python -m tools.bench extract [--variant B/16] [--frames 12] [--batch 2] [--dtype float32]
     python -m tools.bench masks   [--variant B/16] [--ratios 0,0.5,0.7,0.9] ...
         common: [--steps 2] [--warmup 1] [--rounds 3] [--peak cpu|TPU_v4|TPU_v5e|TPU_v5p|TPU_v6e] [--out F.json]
+                [--attention program|token_major|heads_major|both]
 
 What a case reports
 - step time: median over rounds of the mean of `--steps` synchronised steps, after `--warmup` steps;
@@ -17,6 +18,11 @@ The peak: on CPU (`--peak cpu`, the default here) the float32 matmul ceiling of 
 product timed in the same rounds as the cases, so that machine noise hits both alike; the figure to quote is the
 ratio. On a named TPU generation, its per-chip bf16 peak times the device count.
 
+`--attention` (TVTSv2 variants): the layout of the video tower's attention (tvts.models.layers.attend). `program`
+(the default) times each program as the trainer and the exporter build it: token-major in the train step,
+heads-major in extraction (`TVTSv2.for_inference`). `both` builds every case in both layouts and interleaves them:
+the A/B of docs/benchmarks.md.
+
 The published variants run from random weights (the tools never need converted CLIP weights) with the published
 parameter groups, every group and loss term on (`tools.bench_step.make_config`).
 """
@@ -28,6 +34,7 @@ if __name__ == "__main__":  # a program, not an import: move to mimalloc before 
     reexec_with_mimalloc()
 
 import argparse
+import dataclasses
 import json
 import resource
 import statistics
@@ -48,13 +55,16 @@ from tvts.state import init_state, make_setup
 from tvts.step import make_train_step
 
 NAMED_PEAKS = {"TPU_v4": "TPU v4", "TPU_v5e": "TPU v5e", "TPU_v5p": "TPU v5p", "TPU_v6e": "TPU v6e"}
+# --attention: (case-name suffix, heads_major) per case; None keeps the program's own layout
+LAYOUTS = {"program": (("", None),), "token_major": (("token-major", False),),
+           "heads_major": (("heads-major", True),), "both": (("token-major", False), ("heads-major", True))}
 CEILING_N = 3072  # large enough that the product runs at the BLAS kernel's speed on a few cores
 
 
 class StepCase:
     """A compiled train step with its state and one batch; `time(n)` runs n synchronised steps (seconds per step)."""
 
-    def __init__(self, args, mask: float):
+    def __init__(self, args, mask: float, heads_major: bool | None = None):
         overrides = {"model.mask_ratio": mask, "model.num_frames": args.frames, "model.dtype": args.dtype,
                      f"data.{args.source}_batch": args.batch, **mesh_overrides(args.mesh)}
         if args.context_length:
@@ -64,6 +74,8 @@ class StepCase:
         self.config = make_config(args.variant, overrides)
         config_lib.validate(self.config, jax.device_count(), jax.process_count())
         setup = make_setup(self.config)
+        if heads_major is not None:
+            setup = dataclasses.replace(setup, model=setup.model.clone(heads_major_attention=heads_major))
         self.state = init_state(setup, jax.random.key(0))
         self.step = make_train_step(setup, args.source)
         sources = make_sources(self.config.data, setup.spec.image_size, setup.spec.num_frames)
@@ -85,14 +97,20 @@ class StepCase:
 class ExtractCase:
     """The unmasked video tower's forward (the exported backbone's `encode_video` program) on one batch."""
 
-    def __init__(self, args):
+    def __init__(self, args, heads_major: bool | None = None):
+        from tvts.encoders import ModelEncoders
         from tvts.state import make_encoders
 
         self.config = make_config(args.variant, {"model.mask_ratio": 0.0, "model.num_frames": args.frames,
                                                  "model.dtype": args.dtype, **mesh_overrides(args.mesh)})
         setup = make_setup(self.config)
         params = init_state(setup, jax.random.key(0))["params"]
-        self.encoders = make_encoders(setup, params)
+        if heads_major is None:  # the evaluation encoders' own model (for_inference)
+            self.encoders = make_encoders(setup, params)
+        else:
+            model = setup.model.for_inference().clone(heads_major_attention=heads_major)
+            self.encoders = ModelEncoders(model, setup.mesh, setup.rules, setup.params_sharding,
+                                          setup.spec).with_params(params)
         spec = setup.spec
         frames = np.random.default_rng(0).integers(0, 256, (args.batch, spec.num_frames, spec.image_size,
                                                             spec.image_size, 3), dtype=np.uint8)
@@ -148,10 +166,10 @@ def measure(cases: dict[str, object], args, log: Callable[[str], None]) -> dict:
 
 
 def table(result: dict) -> str:
-    rows = [f"{'case':<28}{'step (ms)':>11}{'clips/s':>9}{'model GFLOP':>13}{'compiled/model':>16}"
+    rows = [f"{'case':<36}{'step (ms)':>11}{'clips/s':>9}{'model GFLOP':>13}{'compiled/model':>16}"
             f"{'GFLOP/s':>9}{'MFU':>8}"]
     for name, c in result["cases"].items():
-        rows.append(f"{name:<28}{1000 * c['median_step_s']:>11.1f}{c['clips_per_s']:>9.2f}"
+        rows.append(f"{name:<36}{1000 * c['median_step_s']:>11.1f}{c['clips_per_s']:>9.2f}"
                     f"{c['model_flops'] / 1e9:>13.1f}{c['compiled_over_model']:>16.2f}"
                     f"{c['achieved_flops_per_s'] / 1e9:>9.1f}{c['mfu']:>8.1%}")
     rows.append(f"peak ({result['peak']}): {result['peak_flops_per_s'] / 1e9:.1f} GFLOP/s")
@@ -177,16 +195,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--peak", default="cpu", choices=("cpu", *NAMED_PEAKS))
     parser.add_argument("--out", default="")
+    parser.add_argument("--attention", default="program", choices=tuple(LAYOUTS),
+                        help="the video tower's attention layout (see above)")
     args = parser.parse_args(argv)
+    if args.attention != "program" and args.variant.startswith("v1-"):
+        parser.error(f"--attention {args.attention}: {args.variant} is TVTS v1, whose joint attention has no layout "
+                     "choice")
     log = lambda msg: print(msg, file=sys.stderr, flush=True)
 
     t0 = time.perf_counter()
-    if args.what == "step":
-        cases = {f"step mask {args.mask}": StepCase(args, args.mask)}
-    elif args.what == "extract":
-        cases = {"extract (mask 0)": ExtractCase(args)}
-    else:
-        cases = {f"step mask {r}": StepCase(args, float(r)) for r in args.ratios.split(",")}
+    cases = {}
+    for layout, heads_major in LAYOUTS[args.attention]:
+        suffix = f", {layout}" if layout else ""
+        if args.what == "step":
+            cases[f"step mask {args.mask}{suffix}"] = StepCase(args, args.mask, heads_major)
+        elif args.what == "extract":
+            cases[f"extract (mask 0){suffix}"] = ExtractCase(args, heads_major)
+        else:
+            cases.update({f"step mask {r}{suffix}": StepCase(args, float(r), heads_major)
+                          for r in args.ratios.split(",")})
     log(f"compiled and warmed up {len(cases)} case(s) in {time.perf_counter() - t0:.0f} s")
     result = measure(cases, args, log)
     if args.what == "masks":
