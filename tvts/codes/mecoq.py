@@ -87,9 +87,9 @@ def view_pairs(x: np.ndarray, frames: np.ndarray | None, idx: np.ndarray, rng: n
     return one(), one()
 
 
-def frame_mean_agreement(feats: Features) -> float:
-    """Mean cosine between each item vector and the mean of its per-frame features."""
-    return float(np.mean(np.sum(unit(feats.vectors) * unit(unit(feats.sequence).mean(1)), -1)))
+def frame_mean_agreement(vectors: np.ndarray, unit_frames: np.ndarray) -> float:
+    """Mean cosine between each item vector [N, D] and the mean of its unit per-frame features [N, T, D]."""
+    return float(np.mean(np.sum(unit(vectors) * unit(unit_frames.mean(1)), -1)))
 
 
 class MeCoQ(Method):
@@ -113,9 +113,8 @@ class MeCoQ(Method):
             if views == "frames":
                 feats.require_sequence(self.name)
             return None
-        if views == "auto" and frame_mean_agreement(feats) < 0.99:
-            return None
-        return unit(feats.sequence)
+        frames = unit(feats.sequence)
+        return None if views == "auto" and frame_mean_agreement(feats.vectors, frames) < 0.99 else frames
 
     def fit(self, feats, bits, seed, options, progress):
         arrays = centres(feats)
@@ -128,10 +127,9 @@ class MeCoQ(Method):
         net = QuantizedEncoder(options["dim"], m)
         batch = min(options["batch"], n)
         params = net.init(jax.random.key(seed), x[:2])["params"]
-        embed = jax.jit(lambda p, v: net.apply({"params": p}, v))
-
         def codebooks_by_kmeans(params):
-            return cnn.with_kmeans_codebooks(params, cnn.batch_apply(lambda v: embed(params, v), x), seed)
+            return cnn.with_kmeans_codebooks(params, cnn.batch_apply(lambda v: net.apply({"params": params}, v), x),
+                                             seed)
 
         params = codebooks_by_kmeans(params)
         memory = {"codes": jnp.zeros((options["memory"], m, CODEWORDS)), "next": jnp.zeros((), jnp.int32)}

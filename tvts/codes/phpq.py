@@ -101,10 +101,9 @@ class PHPQ(Method):
         n = len(labels)
         batch = min(options["batch"], n)
         params = net.init(jax.random.key(seed), *(x[:2] for x in levels))["params"]
-        embed = jax.jit(lambda p, *xs: net.apply({"params": p}, *xs))
-
         def codebooks_by_kmeans(params):
-            return cnn.with_kmeans_codebooks(params, cnn.batch_apply(lambda *xs: embed(params, *xs), *levels), seed)
+            z = cnn.batch_apply(lambda *xs: net.apply({"params": params}, *xs), *levels)
+            return cnn.with_kmeans_codebooks(params, z, seed)
 
         params = codebooks_by_kmeans(params)
 
