@@ -12,6 +12,8 @@ from tvts.evaluators.registry import check_entries
     ("model.num_frames", 0, "num_frames=0"),
     ("model.variant", "B/8", "unknown variant 'B/8'"),
     ("model.time_init", "ones", "time_init='ones'"),
+    ("model.attention", "einsun", "model.attention='einsun': use one of 'auto', 'einsum', 'einsum_heads_major', "
+                                  "'dot_product'"),
     ("model.text_num_frozen", 4, "text_num_frozen=4 exceeds the text tower's 3 blocks"),
     ("data.name", "kinetics", "data.name='kinetics'"),
     ("data.normalization", "unit", "normalization='unit'"),

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tvts.models.layers import LayerNorm
+from tvts.models.layers import ATTENTION_IMPLEMENTATIONS, LayerNorm
 from tvts.models.text import eot_pool
 from tvts.models.tvtsv2 import (
     TVTSv2,
@@ -72,8 +72,8 @@ def np_block(x, p, T, act=lambda z: z * 0.5 * (1 + np.vectorize(math.erf)(z / np
     return x + act(h) @ p["mlp"]["proj"]["kernel"] + p["mlp"]["proj"]["bias"]
 
 
-def _block_params(T, width=32, heads=4, seed=0, heads_major=False):
-    block = SpaceTimeBlock(heads, 4 * width, "gelu", T, heads_major=heads_major)
+def _block_params(T, width=32, heads=4, seed=0, attention="einsum"):
+    block = SpaceTimeBlock(heads, 4 * width, "gelu", T, attention=attention)
     x = jax.random.normal(jax.random.key(seed), (2, 1 + T * 6, width))
     params = nn.unbox(block.init(jax.random.key(seed + 1), x)["params"])
     # randomise everything (LayerNorm affine too) so the reference is exercised fully
@@ -83,11 +83,11 @@ def _block_params(T, width=32, heads=4, seed=0, heads_major=False):
     return block, x, params
 
 
-@pytest.mark.parametrize("heads_major", [False, True])
+@pytest.mark.parametrize("attention", ATTENTION_IMPLEMENTATIONS)
 @pytest.mark.parametrize("T", [1, 3])
-def test_space_time_block_matches_numpy_reference(T, heads_major):
-    """Both attention layouts (layers.attend's heads_major: training's and the inference programs')."""
-    block, x, params = _block_params(T, heads_major=heads_major)
+def test_space_time_block_matches_numpy_reference(T, attention):
+    """Every attention implementation (layers.attend) on the divided attention's grouped operands."""
+    block, x, params = _block_params(T, attention=attention)
     got = np.asarray(jax.jit(lambda p, x: block.apply({"params": p}, x)[0])(params, x))
     want = np.stack([np_block(np.asarray(xi, np.float64), jax.tree.map(lambda a: np.asarray(a, np.float64), params), T)
                      for xi in x])
@@ -426,13 +426,14 @@ def test_merge_loaded_puts_loaded_leaves_over_the_init_and_reinitialises_time_at
 
 
 def test_the_inference_model_gives_the_training_model_outputs(tiny):
-    """for_inference (no remat, heads-major attention: what evaluation and export compile) changes no output."""
+    """for_inference (no remat, and attention 'auto' heads-major in the video tower: what evaluation and export
+    compile) changes no output."""
     model, params = tiny
     trained = model.clone(remat="full")
     video = jax.random.normal(jax.random.key(3), (2, 4, 32, 32, 3))
     tokens = jax.random.randint(jax.random.key(4), (3, 32), 1, 100)
     inference = trained.for_inference()
-    assert (inference.remat, inference.heads_major_attention) == ("none", True)
+    assert (inference.remat, inference.video_attention) == ("none", "einsum_heads_major")
     for method, x in ((TVTSv2.encode_video, video), (TVTSv2.encode_text, tokens)):
         want = trained.apply({"params": params}, x, method=method)
         got = inference.apply({"params": params}, x, method=method)

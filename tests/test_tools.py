@@ -40,21 +40,25 @@ def test_a_v1_variant_studies_the_v1_recipe_and_is_summarised():
     assert dict(by_group) == {"new": sum(by_tower.values())}  # one published group
 
 
-def test_bench_builds_each_attention_layout_with_the_same_outputs():
-    """tools.bench --attention both: the extraction case in each layout (the A/B of docs/benchmarks.md) is built on
-    a model with that layout, and both embed the same frames alike."""
+def test_bench_builds_each_attention_implementation_with_the_same_outputs():
+    """tools.bench --attention einsum,einsum_heads_major,dot_product: the extraction case of each implementation (the
+    A/B of docs/benchmarks.md) is built on a model running it, and all embed the same frames alike."""
     import types
 
     import jax
     import numpy as np
 
-    from tools.bench import LAYOUTS, ExtractCase
+    from tools.bench import ExtractCase, attention_cases, attention_override
 
+    assert attention_cases("all") == attention_cases("einsum,einsum_heads_major,dot_product")
+    # 'program': the recipe config's own choice ('auto'; tests/test_attention.py follows it into the models)
+    assert attention_cases("program") == (None,) and attention_override(None) == {}
+    with pytest.raises(ValueError, match="--attention einsum,flash: use 'program', 'all' or distinct names"):
+        attention_cases("einsum,flash")
     args = types.SimpleNamespace(variant="tiny", frames=4, dtype="float32", mesh="data=-1", batch=jax.device_count(),
                                  warmup=1)
-    cases = {layout: ExtractCase(args, heads_major) for layout, heads_major in LAYOUTS["both"]}
-    assert {k: c.encoders.model.heads_major_attention for k, c in cases.items()} == {"token-major": False,
-                                                                                    "heads-major": True}
-    token, heads = (np.asarray(c.encoders._video(c.params, c.frames)[1]) for c in cases.values())  # every token
-    np.testing.assert_allclose(heads, token, rtol=1e-5, atol=1e-5)
-    assert ExtractCase(args).encoders.model.heads_major_attention  # 'program': the evaluation encoders' own
+    cases = {attention: ExtractCase(args, attention) for attention in attention_cases("all")}
+    assert {k: c.encoders.model.video_attention for k, c in cases.items()} == {k: k for k in cases}
+    want, *others = (np.asarray(c.encoders._video(c.params, c.frames)[1]) for c in cases.values())  # every token
+    for got in others:
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

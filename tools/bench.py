@@ -5,7 +5,7 @@
     python -m tools.bench extract [--variant B/16] [--frames 12] [--batch 2] [--dtype float32]
     python -m tools.bench masks   [--variant B/16] [--ratios 0,0.5,0.7,0.9] ...
         common: [--steps 2] [--warmup 1] [--rounds 3] [--peak cpu|TPU_v4|TPU_v5e|TPU_v5p|TPU_v6e] [--out F.json]
-                [--attention program|token_major|heads_major|both]
+                [--attention program|all|IMPL[,IMPL...]]   IMPL: einsum, einsum_heads_major, dot_product
 
 What a case reports
 - step time: median over rounds of the mean of `--steps` synchronised steps, after `--warmup` steps;
@@ -18,10 +18,11 @@ The peak: on CPU (`--peak cpu`, the default here) the float32 matmul ceiling of 
 product timed in the same rounds as the cases, so that machine noise hits both alike; the figure to quote is the
 ratio. On a named TPU generation, its per-chip bf16 peak times the device count.
 
-`--attention` (TVTSv2 variants): the layout of the video tower's attention (tvts.models.layers.attend). `program`
-(the default) times each program as the trainer and the exporter build it: token-major in the train step,
-heads-major in extraction (`TVTSv2.for_inference`). `both` builds every case in both layouts and interleaves them:
-the A/B of docs/benchmarks.md.
+`--attention`: the attention implementation (config.model.attention, tvts.models.layers.attend). `program` (the
+default) times each program as the recipe's config builds it ('auto': token-major einsum in the train step, the
+TVTSv2 video tower's heads-major in extraction, `TVTSv2.for_inference`). A comma-separated list of implementations
+builds every case once per implementation, set in every tower of both programs, and interleaves them; `all` lists
+the three. `--attention einsum,einsum_heads_major` is the A/B of docs/benchmarks.md.
 
 The published variants run from random weights (the tools never need converted CLIP weights) with the published
 parameter groups, every group and loss term on (`tools.bench_step.make_config`).
@@ -34,7 +35,6 @@ if __name__ == "__main__":  # a program, not an import: move to mimalloc before 
     reexec_with_mimalloc()
 
 import argparse
-import dataclasses
 import json
 import resource
 import statistics
@@ -51,22 +51,21 @@ from tvts import config as config_lib
 from tvts import sharding
 from tvts.data.pipeline import make_sources
 from tvts.flops import TPU_PEAK_FLOPS, analytic_flops, matmul_ceiling, step_flops
+from tvts.models.layers import ATTENTION_IMPLEMENTATIONS
 from tvts.state import init_state, make_setup
 from tvts.step import make_train_step
 
 NAMED_PEAKS = {"TPU_v4": "TPU v4", "TPU_v5e": "TPU v5e", "TPU_v5p": "TPU v5p", "TPU_v6e": "TPU v6e"}
-# --attention: (case-name suffix, heads_major) per case; None keeps the program's own layout
-LAYOUTS = {"program": (("", None),), "token_major": (("token-major", False),),
-           "heads_major": (("heads-major", True),), "both": (("token-major", False), ("heads-major", True))}
 CEILING_N = 3072  # large enough that the product runs at the BLAS kernel's speed on a few cores
 
 
 class StepCase:
     """A compiled train step with its state and one batch; `time(n)` runs n synchronised steps (seconds per step)."""
 
-    def __init__(self, args, mask: float, heads_major: bool | None = None):
+    def __init__(self, args, mask: float, attention: str | None = None):
         overrides = {"model.mask_ratio": mask, "model.num_frames": args.frames, "model.dtype": args.dtype,
-                     f"data.{args.source}_batch": args.batch, **mesh_overrides(args.mesh)}
+                     f"data.{args.source}_batch": args.batch, **mesh_overrides(args.mesh),
+                     **attention_override(attention)}
         if args.context_length:
             overrides["data.context_length"] = args.context_length
         if args.remat:
@@ -74,8 +73,6 @@ class StepCase:
         self.config = make_config(args.variant, overrides)
         config_lib.validate(self.config, jax.device_count(), jax.process_count())
         setup = make_setup(self.config)
-        if heads_major is not None:
-            setup = dataclasses.replace(setup, model=setup.model.clone(heads_major_attention=heads_major))
         self.state = init_state(setup, jax.random.key(0))
         self.step = make_train_step(setup, args.source)
         sources = make_sources(self.config.data, setup.spec.image_size, setup.spec.num_frames)
@@ -97,20 +94,15 @@ class StepCase:
 class ExtractCase:
     """The unmasked video tower's forward (the exported backbone's `encode_video` program) on one batch."""
 
-    def __init__(self, args, heads_major: bool | None = None):
-        from tvts.encoders import ModelEncoders
+    def __init__(self, args, attention: str | None = None):
         from tvts.state import make_encoders
 
         self.config = make_config(args.variant, {"model.mask_ratio": 0.0, "model.num_frames": args.frames,
-                                                 "model.dtype": args.dtype, **mesh_overrides(args.mesh)})
+                                                 "model.dtype": args.dtype, **mesh_overrides(args.mesh),
+                                                 **attention_override(attention)})
         setup = make_setup(self.config)
         params = init_state(setup, jax.random.key(0))["params"]
-        if heads_major is None:  # the evaluation encoders' own model (for_inference)
-            self.encoders = make_encoders(setup, params)
-        else:
-            model = setup.model.for_inference().clone(heads_major_attention=heads_major)
-            self.encoders = ModelEncoders(model, setup.mesh, setup.rules, setup.params_sharding,
-                                          setup.spec).with_params(params)
+        self.encoders = make_encoders(setup, params)  # the evaluation encoders' own model (for_inference)
         spec = setup.spec
         frames = np.random.default_rng(0).integers(0, 256, (args.batch, spec.num_frames, spec.image_size,
                                                             spec.image_size, 3), dtype=np.uint8)
@@ -131,6 +123,24 @@ class ExtractCase:
             out = self.encoders._video(self.params, self.frames)
         jax.block_until_ready(out)
         return (time.perf_counter() - t0) / max(steps, 1)
+
+
+def attention_cases(text: str) -> tuple[str | None, ...]:
+    """--attention -> one attention implementation per case; None: the recipe config's own ('program')."""
+    if text == "program":
+        return (None,)
+    if text == "all":
+        return ATTENTION_IMPLEMENTATIONS
+    names = tuple(name.strip() for name in text.split(","))
+    unknown = [name for name in names if name not in ATTENTION_IMPLEMENTATIONS]
+    if unknown or len(set(names)) != len(names):
+        raise ValueError(f"--attention {text}: use 'program', 'all' or distinct names of "
+                         f"{', '.join(ATTENTION_IMPLEMENTATIONS)}, comma-separated")
+    return names
+
+
+def attention_override(attention: str | None) -> dict[str, str]:
+    return {} if attention is None else {"model.attention": attention}
 
 
 def mesh_overrides(text: str) -> dict[str, int]:
@@ -195,24 +205,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--peak", default="cpu", choices=("cpu", *NAMED_PEAKS))
     parser.add_argument("--out", default="")
-    parser.add_argument("--attention", default="program", choices=tuple(LAYOUTS),
-                        help="the video tower's attention layout (see above)")
+    parser.add_argument("--attention", default="program",
+                        help="'program', 'all', or attention implementations, comma-separated (see above): "
+                             + ", ".join(ATTENTION_IMPLEMENTATIONS))
     args = parser.parse_args(argv)
-    if args.attention != "program" and args.variant.startswith("v1-"):
-        parser.error(f"--attention {args.attention}: {args.variant} is TVTS v1, whose joint attention has no layout "
-                     "choice")
+    try:
+        attentions = attention_cases(args.attention)
+    except ValueError as e:
+        parser.error(str(e))
     log = lambda msg: print(msg, file=sys.stderr, flush=True)
 
     t0 = time.perf_counter()
     cases = {}
-    for layout, heads_major in LAYOUTS[args.attention]:
-        suffix = f", {layout}" if layout else ""
+    for attention in attentions:
+        suffix = f", {attention}" if attention else ""
         if args.what == "step":
-            cases[f"step mask {args.mask}{suffix}"] = StepCase(args, args.mask, heads_major)
+            cases[f"step mask {args.mask}{suffix}"] = StepCase(args, args.mask, attention)
         elif args.what == "extract":
-            cases[f"extract (mask 0){suffix}"] = ExtractCase(args, heads_major)
+            cases[f"extract (mask 0){suffix}"] = ExtractCase(args, attention)
         else:
-            cases.update({f"step mask {r}{suffix}": StepCase(args, float(r), heads_major)
+            cases.update({f"step mask {r}{suffix}": StepCase(args, float(r), attention)
                           for r in args.ratios.split(",")})
     log(f"compiled and warmed up {len(cases)} case(s) in {time.perf_counter() - t0:.0f} s")
     result = measure(cases, args, log)

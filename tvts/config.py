@@ -16,6 +16,7 @@ from etils import epath
 
 from tvts.curriculum import DEFAULT_SOURCES, SOURCES
 from tvts.models.inputs import NORMALIZATIONS
+from tvts.models.layers import ATTENTION_CHOICES
 from tvts.models.variants import ALL_VARIANT_NAMES, V1Variant, Variant, decode_variant, is_v1
 from tvts.optim import PUBLISHED_NO_DECAY
 from tvts.sharding import DEFAULT_RULES
@@ -65,6 +66,10 @@ def base_config(args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         variant=args.variant,
         dtype="bfloat16",  # compute dtype; params stay float32
         remat="full",
+        # the attention implementation (tvts.models.layers.ATTENTION_IMPLEMENTATIONS), in training and forward-only
+        # programs alike; 'auto': token-major einsum, except TVTSv2's video tower in forward-only programs (evaluation,
+        # export), heads-major (the fastest measured on XLA:CPU; docs/benchmarks.md, "Attention layout")
+        attention="auto",
         time_init="learnable",  # or 'published' (qkv 0, out 1: cannot learn in exact arithmetic)
         temporal_init_std=-1.0,  # -1: width**-0.5 as published; 0: zeros
         sort_type_init_std=0.0,  # the sort head's type embedding: zeros as published
@@ -180,6 +185,11 @@ def tokenizer_name(config: Any) -> str:
     return config.data.get("tokenizer", "") or "clip_bpe"
 
 
+def attention_choice(config: Any) -> str:
+    """config.model.attention ('auto' in configs saved before the field existed)."""
+    return config.model.get("attention", "auto")
+
+
 def validate(config: Any, num_devices: int | None = None, process_count: int | None = None) -> None:
     """Fail with a message naming the field before anything is allocated.
 
@@ -217,6 +227,9 @@ def validate(config: Any, num_devices: int | None = None, process_count: int | N
                          "--distilbert DIR` read); only data='synthetic' builds its own")
     if vocab_path and not epath.Path(vocab_path).exists():
         raise FileNotFoundError(f"config.data.vocab_path={vocab_path!r} does not exist")
+    if attention_choice(config) not in ATTENTION_CHOICES:
+        raise ValueError(f"config.model.attention={attention_choice(config)!r}: use one of "
+                         f"{', '.join(map(repr, ATTENTION_CHOICES))}")
     if config.model.time_init not in ("learnable", "published"):
         raise ValueError(f"config.model.time_init={config.model.time_init!r}: use 'learnable' or 'published'")
     _validate_init(config, variant)

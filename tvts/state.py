@@ -83,8 +83,10 @@ def build_model(config) -> TVTSv2 | TVTSv1:
     variant = config_lib.model_variant(m)
     if is_v1(variant):
         temporal = 0.0 if m.temporal_init_std < 0 else m.temporal_init_std
-        return TVTSv1(variant, jnp.dtype(m.dtype), m.remat, temporal, m.sort_type_init_std)
-    return TVTSv2(variant, jnp.dtype(m.dtype), m.remat, m.temporal_init_std, m.sort_type_init_std)
+        return TVTSv1(variant, jnp.dtype(m.dtype), m.remat, temporal, m.sort_type_init_std,
+                      config_lib.attention_choice(config))
+    return TVTSv2(variant, jnp.dtype(m.dtype), m.remat, m.temporal_init_std, m.sort_type_init_std,
+                  config_lib.attention_choice(config))
 
 
 def model_init(model: TVTSv2 | TVTSv1, rng: jax.Array, time_init: str = "learnable") -> Any:

@@ -39,6 +39,7 @@ class SeparateQKVAttention(nn.Module):
 
     heads: int
     dtype: Dtype = jnp.float32
+    attention: str = "einsum"  # the implementation (layers.attend)
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
@@ -46,7 +47,7 @@ class SeparateQKVAttention(nn.Module):
         shape = (width, self.heads, width // self.heads)
         q, k, v = (Projection("...d,dhk->...hk", shape, ("embed", "heads", "kv"), dtype=self.dtype, name=n)(x)
                    for n in ("q", "k", "v"))
-        return out_projection(attend(q, k, v, mask), self.dtype)
+        return out_projection(attend(q, k, v, mask, self.attention), self.dtype)
 
 
 class PostLNBlock(nn.Module):
@@ -56,12 +57,13 @@ class PostLNBlock(nn.Module):
     mlp_dim: int
     epsilon: float = 1e-12
     dtype: Dtype = jnp.float32
+    attention: str = "einsum"  # the attention implementation (layers.attend)
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, None]:
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-        x = LayerNorm(self.epsilon, self.dtype, name="ln_1")(x + SeparateQKVAttention(self.heads, self.dtype,
-                                                                                      name="attn")(x, mask))
+        attn = SeparateQKVAttention(self.heads, self.dtype, self.attention, name="attn")
+        x = LayerNorm(self.epsilon, self.dtype, name="ln_1")(x + attn(x, mask))
         x = LayerNorm(self.epsilon, self.dtype, name="ln_2")(x + Mlp(self.mlp_dim, "gelu", self.dtype, name="mlp")(x))
         return x, None
 
@@ -76,6 +78,7 @@ class DistilBertEncoder(nn.Module):
     joint_dim: int
     dtype: Dtype = jnp.float32
     remat: str = "none"
+    attention: str = "einsum"  # the attention implementation (layers.attend)
 
     @nn.compact
     def __call__(self, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -90,7 +93,7 @@ class DistilBertEncoder(nn.Module):
         x = LayerNorm(cfg.epsilon, self.dtype, name="embeddings_ln")(x)
         keep = (tokens != cfg.pad_token_id)[:, None, None, :]  # [B, 1 (heads), 1 (queries), L (keys)]
         stack = layer_stack(PostLNBlock, cfg.depth, self.remat)
-        x, _ = stack(cfg.heads, cfg.mlp_dim, cfg.epsilon, self.dtype, name="blocks")(x, keep)
+        x, _ = stack(cfg.heads, cfg.mlp_dim, cfg.epsilon, self.dtype, self.attention, name="blocks")(x, keep)
         features = x[:, 0]
         projected = nn.Dense(self.joint_dim, dtype=self.dtype, kernel_init=logical(default_kernel_init,
                                                                                   ("embed", "joint")),

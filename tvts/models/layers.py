@@ -76,18 +76,47 @@ class Mlp(nn.Module):
                         bias_init=logical(nn.initializers.zeros, ("embed",)), name="proj")(x)
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None, heads_major: bool = False
+# How `attend` computes (a model's `attention` field, config.model.attention; docs/benchmarks.md, "Attention layout"):
+#   'einsum'             einsum over the operands as they come, token-major [..., L, H, Dh];
+#   'einsum_heads_major' the same after copying q, k, v to heads-major [..., H, L, Dh] (faster on XLA:CPU in
+#                        forward-only programs, not in training);
+#   'dot_product'        jax.nn.dot_product_attention with its implementation left to JAX (JAX 0.10 still runs its
+#                        XLA version on every platform then; cuDNN's fused kernel only runs when asked for by name).
+ATTENTION_IMPLEMENTATIONS = ("einsum", "einsum_heads_major", "dot_product")
+# 'auto': each model's measured default per program: 'einsum', but 'einsum_heads_major' in TVTSv2's video tower in
+# forward-only programs (TVTSv2.for_inference).
+ATTENTION_CHOICES = ("auto", *ATTENTION_IMPLEMENTATIONS)
+
+
+def attention_implementation(choice: str, auto: str = "einsum") -> str:
+    """The implementation `attend` runs for a model's `attention` field: an explicit one as it is, 'auto' as `auto`."""
+    if choice not in ATTENTION_CHOICES:
+        raise ValueError(f"unknown attention {choice!r}; known: {', '.join(ATTENTION_CHOICES)}")
+    return auto if choice == "auto" else choice
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None, implementation: str = "einsum"
            ) -> jax.Array:
     """Softmax attention over the second-to-last token axis.
 
     q: [..., Lq, H, Dh], k/v: [..., Lk, H, Dh], mask broadcastable to [..., H, Lq, Lk] (True = keep).
-    Returns [..., Lq, H, Dh]. Logits and softmax in float32.
+    Returns [..., Lq, H, Dh]. Logits and softmax in float32, the weights then cast to v's dtype for the product.
 
-    heads_major: copy q, k, v to [..., H, L, Dh] before the products. For operands with the heads axis between
-    tokens and channels XLA:CPU emits a slow batched dot; at B/16 shapes the copies made the unmasked video tower's
-    forward 1.2x faster, but the train step no faster (its backward pass lost what the forward gained;
-    docs/benchmarks.md), so the inference programs use them and training does not.
+    implementation: one of ATTENTION_IMPLEMENTATIONS.
+    'einsum_heads_major': for operands with the heads axis between tokens and channels XLA:CPU emits a slow batched
+    dot; at B/16 shapes the heads-major copies made the unmasked video tower's forward 1.2x faster, but the train
+    step no faster (its backward pass lost what the forward gained; docs/benchmarks.md).
+    'dot_product': the same softmax(q k^T / sqrt(Dh)) v, with two differences of rounding only. The scale multiplies
+    the float32 logits instead of q in the compute dtype (in bfloat16 that rounds q once less), and masked logits
+    take -0.7 * float32 max instead of float32 min (both give masked keys a weight of exactly 0; a row with every
+    key masked, which no tower here builds, gets uniform weights either way).
     """
+    if implementation == "dot_product":
+        return _dot_product_attention(q, k, v, mask)
+    if implementation not in ("einsum", "einsum_heads_major"):
+        raise ValueError(f"unknown attention implementation {implementation!r}; "
+                         f"known: {', '.join(ATTENTION_IMPLEMENTATIONS)}")
+    heads_major = implementation == "einsum_heads_major"
     q = q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
     if heads_major:
         q, k, v = (jnp.swapaxes(a, -2, -3) for a in (q, k, v))
@@ -100,6 +129,21 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = No
     if heads_major:
         return jnp.swapaxes(jnp.einsum("...qk,...kd->...qd", weights, v), -2, -3)
     return jnp.einsum("...hqk,...khd->...qhd", weights, v)
+
+
+def _dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """`attend` through jax.nn.dot_product_attention, which takes [B, L, H, Dh] operands and a [B, H, Lq, Lk] mask:
+    the leading axes (the divided attention's groups) fold into B and unfold again."""
+    batch_shape = q.shape[:-3]
+    fold = lambda a: a.reshape((-1, *a.shape[-3:]))
+    if mask is not None:
+        mask = jnp.asarray(mask, bool)
+        mask = mask.reshape((1,) * (len(batch_shape) + 3 - mask.ndim) + mask.shape)
+        if any(n != 1 for n in mask.shape[:-3]):  # a mask shared by the whole batch stays [1, ...], unbroadcast
+            mask = jnp.broadcast_to(mask, batch_shape + mask.shape[-3:])
+        mask = fold(mask)
+    out = jax.nn.dot_product_attention(fold(q), fold(k), fold(v), mask=mask)
+    return out.reshape(q.shape)
 
 
 class Projection(nn.Module):
@@ -147,11 +191,12 @@ class SelfAttention(nn.Module):
 
     heads: int
     dtype: Dtype = jnp.float32
+    attention: str = "einsum"  # the implementation (see `attend`)
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         q, k, v = qkv_projection(x, self.heads, self.dtype)
-        return out_projection(attend(q, k, v, mask), self.dtype)
+        return out_projection(attend(q, k, v, mask, self.attention), self.dtype)
 
 
 class ResidualBlock(nn.Module):
@@ -162,10 +207,11 @@ class ResidualBlock(nn.Module):
     act: str
     epsilon: float = 1e-5
     dtype: Dtype = jnp.float32
+    attention: str = "einsum"  # the implementation (see `attend`)
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, None]:
-        x = x + SelfAttention(self.heads, self.dtype, name="attn")(
+        x = x + SelfAttention(self.heads, self.dtype, self.attention, name="attn")(
             LayerNorm(self.epsilon, self.dtype, name="ln_1")(x), mask)
         x = x + Mlp(self.mlp_dim, self.act, self.dtype, name="mlp")(LayerNorm(self.epsilon, self.dtype, name="ln_2")(x))
         return x, None

@@ -22,6 +22,7 @@ class SortHead(nn.Module):
     cfg: SortHeadConfig
     dtype: Dtype = jnp.float32
     type_init_std: float = 0.0  # 0: zeros, as published; > 0: N(0, type_init_std) (the tiny demo: 0.02)
+    attention: str = "einsum"  # the attention implementation (layers.attend)
 
     @nn.compact
     def __call__(self, video_tokens: jax.Array, transcripts: jax.Array) -> jax.Array:
@@ -30,7 +31,8 @@ class SortHead(nn.Module):
         types = self.param("type_embedding", logical(type_init, (None, "joint")), (2, cfg.width))
         x = jnp.concatenate([video_tokens + types[0], transcripts + types[1]], axis=1).astype(self.dtype)
         for i in range(cfg.depth):
-            x, _ = ResidualBlock(cfg.heads, 4 * cfg.width, "gelu", 1e-6, self.dtype, name=f"block_{i}")(x, None)
+            x, _ = ResidualBlock(cfg.heads, 4 * cfg.width, "gelu", 1e-6, self.dtype, self.attention,
+                                 name=f"block_{i}")(x, None)
         x = LayerNorm(1e-6, self.dtype, name="ln")(x[:, -transcripts.shape[1]:])
         return nn.Dense(cfg.num_clips, dtype=jnp.float32, kernel_init=logical(default_kernel_init, ("joint", None)),
                         bias_init=logical(nn.initializers.zeros, (None,)), name="classifier")(x)

@@ -34,6 +34,7 @@ from tvts.models.layers import (
     Dtype,
     LayerNorm,
     ResidualBlock,
+    attention_implementation,
     default_kernel_init,
     embed_init,
     layer_stack,
@@ -94,6 +95,7 @@ class TubeletVideoEncoder(nn.Module):
     # 0 (default): zeros, as published (the official temporal_embed starts at zeros and MAE has none); > 0 N(0, std);
     # < 0 N(0, width^-0.5) (tvts.models.video_vit.temporal_init)
     temporal_init_std: float = 0.0
+    attention: str = "einsum"  # the attention implementation (layers.attend)
 
     @nn.compact
     def __call__(self, video: jax.Array, keep: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
@@ -124,7 +126,7 @@ class TubeletVideoEncoder(nn.Module):
         x = nn.with_logical_constraint(jnp.concatenate([cls_tok, x], axis=1), ("batch", "length", "embed"))
 
         blocks = layer_stack(ResidualBlock, cfg.depth, self.remat)
-        x, _ = blocks(cfg.heads, cfg.mlp_dim, "gelu", cfg.epsilon, self.dtype, name="blocks")(x, None)
+        x, _ = blocks(cfg.heads, cfg.mlp_dim, "gelu", cfg.epsilon, self.dtype, self.attention, name="blocks")(x, None)
         x = LayerNorm(cfg.epsilon, self.dtype, name="norm")(x)
         projected = nn.Dense(self.joint_dim, dtype=self.dtype,
                              kernel_init=logical(default_kernel_init, ("embed", "joint")),
@@ -141,12 +143,17 @@ class TVTSv1(nn.Module):
     remat: str = "none"
     temporal_init_std: float = 0.0  # see TubeletVideoEncoder
     sort_type_init_std: float = 0.0  # sort-head type embedding: 0 the published zeros; > 0 N(0, value)
+    # every attention's implementation (layers.ATTENTION_CHOICES, config.model.attention); 'auto': token-major einsum
+    # in every program (the heads-major copies were measured on TVTSv2's divided attention only)
+    attention: str = "auto"
 
     def setup(self):
         v = self.variant
-        self.video = TubeletVideoEncoder(v.video, v.joint_dim, self.dtype, self.remat, self.temporal_init_std)
-        self.text = DistilBertEncoder(v.text, v.joint_dim, self.dtype, self.remat)
-        self.sort_head = SortHead(v.sort_head, self.dtype, self.sort_type_init_std)
+        attention = attention_implementation(self.attention)
+        self.video = TubeletVideoEncoder(v.video, v.joint_dim, self.dtype, self.remat, self.temporal_init_std,
+                                         attention)
+        self.text = DistilBertEncoder(v.text, v.joint_dim, self.dtype, self.remat, attention)
+        self.sort_head = SortHead(v.sort_head, self.dtype, self.sort_type_init_std, attention)
 
     def for_inference(self) -> TVTSv1:
         """The same model for forward-only programs (evaluation, export): no remat."""

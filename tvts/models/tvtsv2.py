@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tvts.models.layers import Dtype
+from tvts.models.layers import Dtype, attention_implementation
 from tvts.models.sort_head import SortHead
 from tvts.models.text import TextEncoder
 from tvts.models.variants import Variant
@@ -33,19 +33,28 @@ class TVTSv2(nn.Module):
     temporal_init_std: float = -1.0
     # sort-head type embedding init (see SortHead): 0 the published zeros; > 0 N(0, value)
     sort_type_init_std: float = 0.0
-    # the video tower's attention layout (layers.attend): True in the inference programs (for_inference)
-    heads_major_attention: bool = False
+    # every attention's implementation (layers.ATTENTION_CHOICES, config.model.attention). 'auto': token-major einsum,
+    # except the video tower's in forward-only programs, heads-major (docs/benchmarks.md, "Attention layout")
+    attention: str = "auto"
+    forward_only: bool = False  # set by for_inference; only 'auto' reads it
+
+    @property
+    def video_attention(self) -> str:
+        """The video tower's attention implementation (layers.attend)."""
+        return attention_implementation(self.attention, "einsum_heads_major" if self.forward_only else "einsum")
 
     def setup(self):
         v = self.variant
+        others = attention_implementation(self.attention)  # the text tower's and the sort head's
         self.video = VideoEncoder(v.video, v.joint_dim, v.act, self.dtype, self.remat, self.temporal_init_std,
-                                  v.sort_tokens, self.heads_major_attention)
-        self.text = TextEncoder(v.text, v.joint_dim, v.act, self.dtype, self.remat)
-        self.sort_head = SortHead(v.sort_head, self.dtype, self.sort_type_init_std)
+                                  v.sort_tokens, self.video_attention)
+        self.text = TextEncoder(v.text, v.joint_dim, v.act, self.dtype, self.remat, others)
+        self.sort_head = SortHead(v.sort_head, self.dtype, self.sort_type_init_std, others)
 
     def for_inference(self) -> TVTSv2:
-        """The same model for forward-only programs (evaluation, export): no remat, heads-major attention."""
-        return self.clone(remat="none", heads_major_attention=True)
+        """The same model for forward-only programs (evaluation, export): no remat, and with attention 'auto' the
+        video tower's attention heads-major."""
+        return self.clone(remat="none", forward_only=True)
 
     def encode_video(self, video: jax.Array, keep: jax.Array | None = None) -> jax.Array:
         """[B, T, H, W, 3] -> all projected tokens [B, 1 + T*n_keep, E] (float32); [:, 0] is the video embedding

@@ -35,9 +35,9 @@ from tvts.models.variants import VideoTower
 
 
 def divided_attention(q: jax.Array, k: jax.Array, v: jax.Array, num_frames: int,
-                      over: Literal["space", "time"], heads_major: bool = False) -> jax.Array:
-    """q, k, v: [B, 1 + T*N, H, Dh] -> [B, 1 + T*N, H, Dh]. heads_major: see layers.attend."""
-    cls_out = attend(q[:, :1], k, v, heads_major=heads_major)  # CLS sees the whole clip
+                      over: Literal["space", "time"], implementation: str = "einsum") -> jax.Array:
+    """q, k, v: [B, 1 + T*N, H, Dh] -> [B, 1 + T*N, H, Dh]. implementation: see layers.attend."""
+    cls_out = attend(q[:, :1], k, v, implementation=implementation)  # CLS sees the whole clip
 
     def grouped(a):  # patch tokens [B, T*N, H, Dh] -> [B, groups, members, H, Dh]
         a = einops.rearrange(a[:, 1:], "b (t n) h d -> b t n h d", t=num_frames)
@@ -47,7 +47,8 @@ def divided_attention(q: jax.Array, k: jax.Array, v: jax.Array, num_frames: int,
         cls = jnp.broadcast_to(cls[:, None], (a.shape[0], a.shape[1], 1) + a.shape[3:])
         return jnp.concatenate([cls, a], axis=2)
 
-    out = attend(grouped(q), with_cls(grouped(k), k[:, :1]), with_cls(grouped(v), v[:, :1]), heads_major=heads_major)
+    out = attend(grouped(q), with_cls(grouped(k), k[:, :1]), with_cls(grouped(v), v[:, :1]),
+                 implementation=implementation)
     pattern = "b t n h d -> b (t n) h d" if over == "space" else "b n t h d -> b (t n) h d"
     return jnp.concatenate([cls_out, einops.rearrange(out, pattern)], axis=1)
 
@@ -57,12 +58,12 @@ class DividedAttention(nn.Module):
     num_frames: int
     over: Literal["space", "time"]
     dtype: Dtype = jnp.float32
-    heads_major: bool = False
+    attention: str = "einsum"  # the implementation (layers.attend)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         q, k, v = qkv_projection(x, self.heads, self.dtype)
-        return out_projection(divided_attention(q, k, v, self.num_frames, self.over, self.heads_major), self.dtype)
+        return out_projection(divided_attention(q, k, v, self.num_frames, self.over, self.attention), self.dtype)
 
 
 class SpaceTimeBlock(nn.Module):
@@ -73,15 +74,15 @@ class SpaceTimeBlock(nn.Module):
     act: str
     num_frames: int
     dtype: Dtype = jnp.float32
-    heads_major: bool = False
+    attention: str = "einsum"  # the implementation (layers.attend)
 
     @nn.compact
     def __call__(self, x: jax.Array, _=None) -> tuple[jax.Array, None]:
         num_frames = self.num_frames
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-        t = DividedAttention(self.heads, num_frames, "time", self.dtype, self.heads_major, name="time_attn")(
+        t = DividedAttention(self.heads, num_frames, "time", self.dtype, self.attention, name="time_attn")(
             LayerNorm(dtype=self.dtype, name="ln_3")(x))
-        s = DividedAttention(self.heads, num_frames, "space", self.dtype, self.heads_major, name="attn")(
+        s = DividedAttention(self.heads, num_frames, "space", self.dtype, self.attention, name="attn")(
             LayerNorm(dtype=self.dtype, name="ln_1")(x + t))
         x = x + s
         x = x + Mlp(self.mlp_dim, self.act, self.dtype, name="mlp")(LayerNorm(dtype=self.dtype, name="ln_2")(x))
@@ -117,7 +118,7 @@ class VideoEncoder(nn.Module):
     # the embedding has learned it).
     temporal_init_std: float = -1.0
     sort_tokens: str = "all"  # 'all' | 'patches': whether ln_post also applies to the patch tokens (see above)
-    heads_major: bool = False  # attention layout (layers.attend): the inference programs' choice
+    attention: str = "einsum"  # the attention implementation (layers.attend)
 
     @nn.compact
     def __call__(self, video: jax.Array, keep: jax.Array | None = None) -> jax.Array:
@@ -147,7 +148,7 @@ class VideoEncoder(nn.Module):
         x = LayerNorm(dtype=self.dtype, name="ln_pre")(x)
 
         blocks = layer_stack(SpaceTimeBlock, cfg.depth, self.remat)
-        x, _ = blocks(cfg.heads, cfg.mlp_dim, self.act, t, self.dtype, self.heads_major, name="blocks")(x, None)
+        x, _ = blocks(cfg.heads, cfg.mlp_dim, self.act, t, self.dtype, self.attention, name="blocks")(x, None)
 
         ln_post = LayerNorm(dtype=self.dtype, name="ln_post")
         if self.sort_tokens == "patches":  # ln_post on the CLS alone (LayerNorm is per token: same CLS as 'all')
