@@ -78,6 +78,25 @@ def test_batches_are_checked_against_the_mesh_and_the_processes(overrides, devic
             validate(config, devices, processes)
 
 
+def test_sequence_parallel_needs_a_tensor_axis_and_its_own_rule():
+    split_nothing = r"sequence_parallel=True splits the residual stream's tokens over the 'tensor' mesh axis, which " \
+                    r"has size 1 here: it would split nothing"
+    with pytest.raises(ValueError, match=split_nothing):
+        validate(tiny_config(sequence_parallel=True))  # mesh data=-1: tensor=1
+    config = tiny_config(sequence_parallel=True, mesh={"data": 1, "fsdp": 1, "tensor": -1})
+    validate(config)  # tensor=-1 is known with the device count only
+    validate(config, num_devices=8, process_count=1)
+    with pytest.raises(ValueError, match=split_nothing):
+        validate(config, num_devices=1, process_count=1)
+    config = tiny_config(sequence_parallel=True, mesh={"data": 4, "fsdp": 1, "tensor": 2})
+    validate(config)
+    rules = [[k, "data" if k == "sequence" else v] for k, v in config.sharding_rules]
+    apply_overrides(config, {"sharding_rules": rules})
+    with pytest.raises(ValueError, match=r"maps logical axis 'sequence' to 'tensor', and config.sharding_rules maps "
+                                         r"it to 'data'"):
+        validate(config)
+
+
 def test_published_variants_need_an_init_and_a_missing_path_is_named(tmp_path):
     published = load_config("configs/pretrain.py:variant=B/16")
     with pytest.raises(ValueError, match="config.init is empty, and variant B/16 starts from pretrained CLIP"):

@@ -1,5 +1,6 @@
 """Sharded training on 8 simulated devices matches one device; accumulation; rematerialisation; restore on another
 mesh."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +10,7 @@ from helpers import batch_for, tiny_config
 from tvts import optim, sharding
 from tvts.accumulate import accumulated_grads, split_microbatches
 from tvts.checkpoint import Checkpointer, with_shardings
+from tvts.config import apply_overrides
 from tvts.models.inputs import random_keep
 from tvts.objective import Objective
 from tvts.state import init_state, make_setup
@@ -162,3 +164,37 @@ def test_a_mesh_axis_that_does_not_divide_a_parameter_is_an_error_naming_both():
     with pytest.raises(ValueError, match=r"parameter (sort_head|text)/[\w/]+/kernel: dimension \d \(size 4\) is "
                                          r"sharded over mesh axes tensor = 8, which does not divide it"):
         setup_on(tiny_config(), {"tensor": 8})
+
+
+@pytest.mark.slow
+def test_sequence_parallel_gives_the_one_device_gradients_with_the_residual_stream_split():
+    """config.sequence_parallel on fsdp=2 x tensor=2: the loss and gradients of one device, and the compiled program
+    keeps each device's quarter of the residual stream. tiny's 33 video tokens do not divide by 2: GSPMD pads them to
+    34, so each device holds 17."""
+    config = tiny_config(**{"model.remat": "full"})  # remat='full': the scanned stacks save only the residual stream
+    one = setup_on(config, {"data": 1}, jax.devices()[:1])
+    rng = np.random.default_rng(0)  # any values do for a comparison, and the random init's program is slow to build
+    params = jax.tree.map(lambda a: rng.normal(0.0, 0.2, a.shape).astype(a.dtype), one.abstract_state["params"])
+    batch = batch_for(config)
+    keep = random_keep(jax.random.key(3), 8, one.model.variant.video.num_patches, one.mask_ratio)
+    objective = Objective.from_config(config, 1.0)
+
+    def compiled(setup):
+        mesh = setup.mesh
+        data = (params, {k: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim)) for k, v in batch.items()},
+                jax.device_put(keep, sharding.batch_sharding(mesh, 2)))
+        grads = jax.value_and_grad(lambda p, b, k: objective.loss(p, setup.model, b, k)[0])
+        with jax.set_mesh(mesh), nn.logical_axis_rules(setup.rules):
+            program = jax.jit(grads, in_shardings=(setup.params_sharding, None, None)).lower(*data).compile()
+        return program, jax.device_get(program(*data))
+
+    want_loss, want = compiled(one)[1]
+    axes = {"data": 1, "fsdp": 2, "tensor": 2}
+    program, (loss, got) = compiled(setup_on(apply_overrides(config, {"sequence_parallel": True, "mesh": axes}),
+                                             axes, jax.devices()[:4]))
+    np.testing.assert_allclose(loss, want_loss, rtol=2e-5)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * max(1.0, float(np.abs(b).max())),
+                                   err_msg=optim.path_str(path))
+    # the video stack's saved layer inputs: [layers, clips per fsdp shard, ceil(33 tokens / tensor), width]
+    assert "f32[2,4,17,64]" in program.as_text()

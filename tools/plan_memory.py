@@ -2,8 +2,8 @@
 
     python -m tools.plan_memory --variant H/14 --devices 256 --mesh data=16,fsdp=16,tensor=1 \
         --global_batch 1024 --frames 12 --mask_ratio 0.7 --remat full [--dtype bfloat16] [--grad_accum 1] \
-        [--source transcribed|captioned] [--context_length 77] [--out tools/memory_plans/h14_256.json] \
-        [--fast_compile] [--xla_option NAME=VALUE ...] [--dump_hlo FILE]
+        [--source transcribed|captioned] [--context_length 77] [--sequence_parallel] \
+        [--out tools/memory_plans/h14_256.json] [--fast_compile] [--xla_option NAME=VALUE ...] [--dump_hlo FILE]
 
 The trainer's own jitted step (`tvts.step.make_train_step`) is lowered and compiled for `--devices` simulated
 CPU devices (`--xla_force_host_platform_device_count`, set by this tool before jax is imported) with every
@@ -311,7 +311,7 @@ def parse_mesh(text: str) -> dict[str, int]:
 
 def build_config(variant: str, mesh: dict[str, int], global_batch: int, frames: int = 12,
                  mask_ratio: float | None = None, remat: str = "full", dtype: str = "bfloat16", grad_accum: int = 1,
-                 source: str = "transcribed", context_length: int | None = None):
+                 source: str = "transcribed", context_length: int | None = None, sequence_parallel: bool = False):
     """The recipe of `variant` (`tools.common.recipe_config`) with these overrides (what `--config.X=...` would
     do)."""
     from tools.common import recipe_config
@@ -324,6 +324,7 @@ def build_config(variant: str, mesh: dict[str, int], global_batch: int, frames: 
         if mask_ratio is not None:
             config.model.mask_ratio = float(mask_ratio)
         config.mesh = {"data": 1, "fsdp": 1, "tensor": 1, **mesh}
+        config.sequence_parallel = sequence_parallel
         config.data[f"{source}_batch"] = global_batch
         config.data.sources = (source,)
         config.data.source_start = {"transcribed": 0.0, "captioned": 0.0}  # the one planned step from update 0
@@ -387,7 +388,8 @@ def plan(config, source: str = "transcribed", log: Callable[[str], None] = print
                      "global_batch": batch_size, "frames": frames, "mask_ratio": ratio, "kept_patches": n_keep,
                      "video_tokens": shape.video_tokens, "texts_per_clip": num_texts, "context_length": text_len,
                      "remat": config.model.remat, "dtype": config.model.dtype,
-                     "grad_accum": int(config.grad_accum_steps), "source": source},
+                     "grad_accum": int(config.grad_accum_steps), "source": source,
+                     "sequence_parallel": config_lib.sequence_parallel(config)},
         "params": {}, "per_device_bytes": {}, "memory_analysis": {}, "flops": {}, "collectives": {}, "fits": {},
         "timing": {}, "host": {}, "notes": [],
     }
@@ -551,7 +553,7 @@ def format_report(r: dict[str, Any]) -> str:
              f"mask {s['mask_ratio']} "
              f"({s['kept_patches']} patches kept, {s['video_tokens']} video tokens) | {s['source']} "
              f"({s['texts_per_clip']}x{s['context_length']} text tokens) | remat {s['remat']} | {s['dtype']} | "
-             f"grad_accum {s['grad_accum']}"]
+             f"grad_accum {s['grad_accum']}" + (" | sequence parallel" if s.get("sequence_parallel") else "")]
     if r["params"]:
         p = r["params"]
         lines.append(f"params {_n(p['count'])} ({_n(p['trained'])} trained, {_n(p['frozen'])} frozen), "
@@ -611,6 +613,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grad_accum", type=int, default=1)
     ap.add_argument("--source", default="transcribed", choices=("transcribed", "captioned"))
     ap.add_argument("--context_length", type=int, default=None)
+    ap.add_argument("--sequence_parallel", action="store_true",
+                    help="split the residual stream's tokens over the tensor axis too (config.sequence_parallel)")
     ap.add_argument("--fast_compile", action="store_true",
                     help=f"LLVM at -O0 ({FAST_COMPILE}): same HLO and buffer assignment, faster compile")
     ap.add_argument("--xla_option", action="append", default=[], metavar="NAME=VALUE",
@@ -625,7 +629,8 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     config = build_config(args.variant, parse_mesh(args.mesh), args.global_batch, args.frames, args.mask_ratio,
-                          args.remat, args.dtype, args.grad_accum, args.source, args.context_length)
+                          args.remat, args.dtype, args.grad_accum, args.source, args.context_length,
+                          args.sequence_parallel)
     options = dict(FAST_COMPILE) if args.fast_compile else {}
     for item in args.xla_option:
         name, _, value = item.partition("=")

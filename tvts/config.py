@@ -130,6 +130,9 @@ def base_config(args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.grad_accum_steps = 1
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
     c.sharding_rules = [list(r) for r in DEFAULT_RULES]
+    # split the residual stream's tokens over mesh.tensor (> 1) too, not only the heads and mlp units
+    # (tvts.sharding.logical_rules; docs/memory_plans.md, "Reading")
+    c.sequence_parallel = False
     c.max_replicated_fraction = 0.05
     # a non-finite loss or gradient skips its update; 'stop' ends the run at once, 'skip' allows max_skipped
     # such updates (the same batch replays on a relaunch, so a persistent one still stops the run)
@@ -188,6 +191,11 @@ def tokenizer_name(config: Any) -> str:
 def attention_choice(config: Any) -> str:
     """config.model.attention ('auto' in configs saved before the field existed)."""
     return config.model.get("attention", "auto")
+
+
+def sequence_parallel(config: Any) -> bool:
+    """config.sequence_parallel (False in configs saved before the field existed)."""
+    return bool(config.get("sequence_parallel", False))
 
 
 def validate(config: Any, num_devices: int | None = None, process_count: int | None = None) -> None:
@@ -262,6 +270,7 @@ def validate(config: Any, num_devices: int | None = None, process_count: int | N
         raise ValueError(f"config.data.source_start={dict(config.data.source_start)}: some source of "
                          f"data.sources={tuple(config.data.sources)} must start at 0, or the first iterations "
                          f"would take no update (e.g. --config.data.source_start.{config.data.sources[0]}=0)")
+    _validate_sequence_parallel(config, num_devices)
     for name in ("log_every", "checkpoint_every", "keep_checkpoints", "grad_accum_steps"):
         if config[name] <= 0:
             raise ValueError(f"config.{name}={config[name]} must be positive")
@@ -370,6 +379,17 @@ def _validate_batch(config: Any, field: str, batch: int, num_devices: int | None
                              f"{data_parallel} (mesh.data x mesh.fsdp) x grad_accum_steps={config.grad_accum_steps}")
     if process_count is not None and batch % process_count:
         raise ValueError(f"config.{field}={batch} must be divisible by the process count {process_count}")
+
+
+def _validate_sequence_parallel(config: Any, num_devices: int | None) -> None:
+    from tvts.sharding import MESH_AXES, logical_rules, mesh_shape
+
+    tensor = int(config.mesh.get("tensor", 1))
+    if tensor == -1:
+        if num_devices is None:
+            return  # make_setup checks the rules against the mesh it makes
+        tensor = dict(zip(MESH_AXES, mesh_shape(dict(config.mesh), num_devices)))["tensor"]
+    logical_rules(config.sharding_rules, sequence_parallel(config), tensor)
 
 
 def _data_parallel_size(config: Any, num_devices: int) -> int:

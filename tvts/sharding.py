@@ -1,8 +1,12 @@
 """Device mesh, logical-axis rules and shardings of the training state.
 
 Modules name parameter and activation axes logically ('embed', 'mlp', 'heads', 'kv', 'vocab',
-'joint', 'layers', 'batch', 'length'); the config's rules map them to the mesh axes
+'joint', 'layers', 'batch', 'length', 'sequence'); the config's rules map them to the mesh axes
 ('data', 'fsdp', 'tensor'). Plain data parallelism is the mesh with only 'data' > 1.
+
+'length' is a token axis inside the attention and MLP products (kept whole: their activations are split by heads
+or units instead); 'sequence' is the token axis of the residual stream between them, which sequence parallelism
+(config.sequence_parallel) splits over 'tensor'.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("joint", None),
     ("layers", None),
     ("length", None),
+    ("sequence", None),
 )
 
 
@@ -57,6 +62,32 @@ def make_mesh(axes: Mapping[str, int], devices: Sequence[jax.Device] | None = No
     shape = mesh_shape(axes, len(devices))
     return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES),
                          devices=devices)
+
+
+def logical_rules(rules: Sequence[Sequence[Any]], sequence_parallel: bool, tensor: int) -> tuple[tuple[str, Any], ...]:
+    """config.sharding_rules as flax takes them (tuples), with 'sequence' over 'tensor' if `sequence_parallel`.
+
+    Megatron-style sequence parallelism: each device of a tensor group holds 1/tensor of the residual stream's tokens
+    (the scanned stacks' saved layer inputs, the LayerNorms); GSPMD all-gathers the tokens before each attention and
+    MLP product and reduces the product's partial sums back to each device's share (see
+    `tvts.models.layers.shard_residual`). A token count the group does not divide (1 + T*N video tokens, 77 text
+    tokens) is padded to the next multiple, so unlike a parameter's dimension it needs no divisibility check.
+    """
+    rules = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in rules)
+    if not sequence_parallel:
+        return rules
+    if tensor == 1:
+        raise ValueError("config.sequence_parallel=True splits the residual stream's tokens over the 'tensor' mesh "
+                         "axis, which has size 1 here: it would split nothing, and every device would still hold "
+                         "every token. Set config.mesh.tensor > 1 (tensor parallelism), or leave "
+                         "sequence_parallel False")
+    given = dict(rules).get("sequence")
+    if given not in (None, "tensor"):
+        raise ValueError(f"config.sequence_parallel=True maps logical axis 'sequence' to 'tensor', and "
+                         f"config.sharding_rules maps it to {given!r}: keep one of the two")
+    # rules written out before 'sequence' existed lack it
+    return tuple((k, "tensor" if k == "sequence" else v) for k, v in rules) + (
+        () if "sequence" in dict(rules) else (("sequence", "tensor"),))
 
 
 def check_divisible(spec: P, shape: tuple[int, ...], mesh: Mesh, name: str) -> P:

@@ -120,7 +120,7 @@ def make_setup(config, mesh: jax.sharding.Mesh | None = None) -> Setup:
     config_lib.validate(config)
     model = build_model(config)
     mesh = mesh if mesh is not None else sharding.make_mesh(dict(config.mesh))
-    rules = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in config.sharding_rules)
+    rules = sharding.logical_rules(config.sharding_rules, config_lib.sequence_parallel(config), mesh.shape["tensor"])
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         boxed = jax.eval_shape(functools.partial(model_init, model, time_init=config.model.time_init),
                                jax.random.key(0))

@@ -30,6 +30,8 @@ from tvts.models.layers import (
     layer_stack,
     logical,
     out_projection,
+    product_input,
+    shard_residual,
 )
 from tvts.models.variants_v1 import DistilBertTower
 
@@ -45,6 +47,7 @@ class SeparateQKVAttention(nn.Module):
     def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
         width = x.shape[-1]
         shape = (width, self.heads, width // self.heads)
+        x = product_input(x)
         q, k, v = (Projection("...d,dhk->...hk", shape, ("embed", "heads", "kv"), dtype=self.dtype, name=n)(x)
                    for n in ("q", "k", "v"))
         return out_projection(attend(q, k, v, mask, self.attention), self.dtype)
@@ -61,11 +64,11 @@ class PostLNBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, None]:
-        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        x = shard_residual(x)
         attn = SeparateQKVAttention(self.heads, self.dtype, self.attention, name="attn")
-        x = LayerNorm(self.epsilon, self.dtype, name="ln_1")(x + attn(x, mask))
-        x = LayerNorm(self.epsilon, self.dtype, name="ln_2")(x + Mlp(self.mlp_dim, "gelu", self.dtype, name="mlp")(x))
-        return x, None
+        x = shard_residual(LayerNorm(self.epsilon, self.dtype, name="ln_1")(x + shard_residual(attn(x, mask))))
+        mlp = Mlp(self.mlp_dim, "gelu", self.dtype, name="mlp")
+        return shard_residual(LayerNorm(self.epsilon, self.dtype, name="ln_2")(x + shard_residual(mlp(x)))), None
 
 
 class DistilBertEncoder(nn.Module):

@@ -61,6 +61,23 @@ def shard_activation(x: jax.Array, last: str) -> jax.Array:
     return nn.with_logical_constraint(x, ("batch",) + ("length",) * (x.ndim - 1 - len(axes)) + axes)
 
 
+def product_input(x: jax.Array) -> jax.Array:
+    """[batch, ..., embed] entering a product whose outputs are split by heads or mlp units: every token, so that with
+    sequence parallelism GSPMD gathers these (LayerNorm) activations over `tensor` here, and the kernels stay split.
+    Left to itself it gathered the qkv kernels over `tensor` instead and moved q, k, v with all-to-alls."""
+    return shard_activation(x, "embed")
+
+
+def shard_residual(x: jax.Array) -> jax.Array:
+    """The residual stream [batch, tokens, embed] laid out by the config's rules. Its token axis is 'sequence', not
+    'length': with sequence parallelism the rules split it over `tensor`, while the attention and MLP products, whose
+    activations are split by heads or units, keep 'length' whole (and the divided attention regroups all its tokens).
+    The blocks constrain their LayerNorm and product outputs too, which pins where GSPMD gathers the tokens (after the
+    LayerNorm, before the product) and where it reduces a product's partial sums over `tensor` back to each device's
+    share of the tokens (right after the product)."""
+    return nn.with_logical_constraint(x, ("batch", "sequence", "embed"))
+
+
 class Mlp(nn.Module):
     hidden: int
     act: str
@@ -69,6 +86,7 @@ class Mlp(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         width = x.shape[-1]
+        x = product_input(x)
         x = nn.Dense(self.hidden, dtype=self.dtype, kernel_init=logical(default_kernel_init, ("embed", "mlp")),
                      bias_init=logical(nn.initializers.zeros, ("mlp",)), name="fc")(x)
         x = shard_activation(ACTIVATIONS[self.act](x), "mlp")
@@ -175,13 +193,16 @@ def qkv_projection(x: jax.Array, heads: int, dtype: Dtype, name: str = "qkv") ->
     if width % heads:
         raise ValueError(f"width {width} is not divisible by {heads} heads")
     qkv = Projection("...d,dthk->...thk", (width, 3, heads, width // heads), ("embed", None, "heads", "kv"),
-                     dtype=dtype, name=name)(x)
+                     dtype=dtype, name=name)(product_input(x))
     return tuple(shard_activation(qkv[..., i, :, :], "heads") for i in range(3))
 
 
 def out_projection(x: jax.Array, dtype: Dtype, name: str = "out") -> jax.Array:
     """Heads back to width (call inside a compact method): [..., H, Dh] -> [..., D]; kernel [H, Dh, D]."""
     heads, head_dim = x.shape[-2:]
+    # split by heads as q, k, v are: with sequence parallelism the output's gradient arrives split by tokens, and
+    # unconstrained GSPMD ran the attention's backward split by query tokens, with all-to-alls in and out of it
+    x = shard_activation(x, "heads")
     return Projection("...hk,hkd->...d", (heads, head_dim, heads * head_dim), ("heads", "kv", "embed"),
                       in_dims=2, dtype=dtype, name=name)(x)
 
@@ -211,10 +232,11 @@ class ResidualBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array | None) -> tuple[jax.Array, None]:
-        x = x + SelfAttention(self.heads, self.dtype, self.attention, name="attn")(
-            LayerNorm(self.epsilon, self.dtype, name="ln_1")(x), mask)
-        x = x + Mlp(self.mlp_dim, self.act, self.dtype, name="mlp")(LayerNorm(self.epsilon, self.dtype, name="ln_2")(x))
-        return x, None
+        x = shard_residual(x)
+        h = shard_residual(LayerNorm(self.epsilon, self.dtype, name="ln_1")(x))
+        x = x + shard_residual(SelfAttention(self.heads, self.dtype, self.attention, name="attn")(h, mask))
+        h = shard_residual(LayerNorm(self.epsilon, self.dtype, name="ln_2")(x))
+        return x + shard_residual(Mlp(self.mlp_dim, self.act, self.dtype, name="mlp")(h)), None
 
 
 REMAT_POLICIES: dict[str, Callable | None] = {

@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tvts.models.layers import Dtype, LayerNorm, ResidualBlock, embed_init, layer_stack, logical
+from tvts.models.layers import Dtype, LayerNorm, ResidualBlock, embed_init, layer_stack, logical, shard_residual
 from tvts.models.variants import TextTower
 from tvts.models.video_vit import default_proj_init
 
@@ -40,7 +40,7 @@ class TextEncoder(nn.Module):
         pos_emb = self.param("positional_embedding", logical(nn.initializers.normal(0.01), (None, "embed")),
                              (cfg.context_length, cfg.width))
         x = (jnp.take(tok_emb, tokens, axis=0) + pos_emb[:length]).astype(self.dtype)
-        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        x = shard_residual(x)
         causal = jnp.tril(jnp.ones((length, length), bool))
         for name, depth in (("frozen_blocks", cfg.num_frozen), ("tuned_blocks", cfg.depth - cfg.num_frozen)):
             if depth:

@@ -39,6 +39,7 @@ from tvts.models.layers import (
     embed_init,
     layer_stack,
     logical,
+    shard_residual,
 )
 from tvts.models.sort_head import SortHead
 from tvts.models.variants_v1 import TubeletVideoTower, V1Variant
@@ -123,7 +124,7 @@ class TubeletVideoEncoder(nn.Module):
             x = gather_kept_per_tube(x, keep)
         x = x.reshape(b, tubes * x.shape[2], cfg.width)
         cls_tok = jnp.broadcast_to((cls + pos[0]).astype(self.dtype), (b, 1, cfg.width))
-        x = nn.with_logical_constraint(jnp.concatenate([cls_tok, x], axis=1), ("batch", "length", "embed"))
+        x = shard_residual(jnp.concatenate([cls_tok, x], axis=1))
 
         blocks = layer_stack(ResidualBlock, cfg.depth, self.remat)
         x, _ = blocks(cfg.heads, cfg.mlp_dim, "gelu", cfg.epsilon, self.dtype, self.attention, name="blocks")(x, None)

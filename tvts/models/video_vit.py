@@ -30,6 +30,7 @@ from tvts.models.layers import (
     logical,
     out_projection,
     qkv_projection,
+    shard_residual,
 )
 from tvts.models.variants import VideoTower
 
@@ -79,14 +80,15 @@ class SpaceTimeBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, _=None) -> tuple[jax.Array, None]:
         num_frames = self.num_frames
-        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-        t = DividedAttention(self.heads, num_frames, "time", self.dtype, self.attention, name="time_attn")(
-            LayerNorm(dtype=self.dtype, name="ln_3")(x))
-        s = DividedAttention(self.heads, num_frames, "space", self.dtype, self.attention, name="attn")(
-            LayerNorm(dtype=self.dtype, name="ln_1")(x + t))
-        x = x + s
-        x = x + Mlp(self.mlp_dim, self.act, self.dtype, name="mlp")(LayerNorm(dtype=self.dtype, name="ln_2")(x))
-        return x, None
+        x = shard_residual(x)
+        h = shard_residual(LayerNorm(dtype=self.dtype, name="ln_3")(x))
+        t = shard_residual(DividedAttention(self.heads, num_frames, "time", self.dtype, self.attention,
+                                            name="time_attn")(h))
+        h = shard_residual(LayerNorm(dtype=self.dtype, name="ln_1")(x + t))
+        x = x + shard_residual(DividedAttention(self.heads, num_frames, "space", self.dtype, self.attention,
+                                                name="attn")(h))
+        h = shard_residual(LayerNorm(dtype=self.dtype, name="ln_2")(x))
+        return x + shard_residual(Mlp(self.mlp_dim, self.act, self.dtype, name="mlp")(h)), None
 
 
 def gather_kept_patches(patches: jax.Array, keep: jax.Array) -> jax.Array:
