@@ -14,7 +14,8 @@ the sign; the mean of the signs would tie at 0 for an even number of frames).
 
 Choices here (the paper starts from a frozen image CNN's frame features, as here): frame features L2-normalised and
 centred by the training mean frame; encoder 2 blocks of width 128, decoder 1 block; contrastive weight 1,
-temperature 0.3, tau_plus 0.05 (the debiasing prior: the chance that a negative shares the anchor's content).
+temperature 0.5 and tau_plus 0.1 (the debiasing prior: the chance that a negative shares the anchor's content) as
+in the released FCVID config. docs/codes.md lists where the released code differs.
 """
 from __future__ import annotations
 
@@ -80,7 +81,7 @@ class ConMH(Method):
     name = "conmh"
     learned = True
     defaults = {"steps": 500, "batch": 128, "lr": 1e-3, "mask_ratio": 0.75, "width": 128, "depth": 2,
-                "temperature": 0.3, "tau_plus": 0.05, "contrastive_weight": 1.0}
+                "temperature": 0.5, "tau_plus": 0.1, "contrastive_weight": 1.0}
 
     def check(self, feats, bits):
         feats.require_sequence(self.name, min_length=4)
