@@ -426,8 +426,7 @@ def test_merge_loaded_puts_loaded_leaves_over_the_init_and_reinitialises_time_at
 
 
 def test_the_inference_model_gives_the_training_model_outputs(tiny):
-    """for_inference (no remat, and attention 'auto' heads-major in the video tower: what evaluation and export
-    compile) changes no output."""
+    """for_inference (no remat: what evaluation and export compile) changes no output."""
     model, params = tiny
     trained = model.clone(remat="full")
     video = jax.random.normal(jax.random.key(3), (2, 4, 32, 32, 3))

@@ -19,8 +19,8 @@ product timed in the same rounds as the cases, so that machine noise hits both a
 ratio. On a named TPU generation, its per-chip bf16 peak times the device count.
 
 `--attention`: the attention implementation (config.model.attention, tvts.models.layers.attend). `program` (the
-default) times each program as the recipe's config builds it ('auto': token-major einsum in the train step, the
-TVTSv2 video tower's heads-major in extraction, `TVTSv2.for_inference`). A comma-separated list of implementations
+default) times each program as the recipe's config builds it ('auto': heads-major in the TVTSv2 video tower,
+token-major einsum in the other towers). A comma-separated list of implementations
 builds every case once per implementation, set in every tower of both programs, and interleaves them; `all` lists
 the three. `--attention einsum,einsum_heads_major` is the A/B of docs/benchmarks.md.
 

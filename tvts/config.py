@@ -67,8 +67,8 @@ def base_config(args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         dtype="bfloat16",  # compute dtype; params stay float32
         remat="full",
         # the attention implementation (tvts.models.layers.ATTENTION_IMPLEMENTATIONS), in training and forward-only
-        # programs alike; 'auto': token-major einsum, except TVTSv2's video tower in forward-only programs (evaluation,
-        # export), heads-major (the fastest measured on XLA:CPU; docs/benchmarks.md, "Attention layout")
+        # programs alike; 'auto': heads-major in TVTSv2's video tower, token-major einsum elsewhere (the fastest
+        # measured on XLA:CPU; docs/benchmarks.md, "Attention layout")
         attention="auto",
         time_init="learnable",  # or 'published' (qkv 0, out 1: cannot learn in exact arithmetic)
         temporal_init_std=-1.0,  # -1: width**-0.5 as published; 0: zeros

@@ -96,13 +96,12 @@ class Mlp(nn.Module):
 
 # How `attend` computes (a model's `attention` field, config.model.attention; docs/benchmarks.md, "Attention layout"):
 #   'einsum'             einsum over the operands as they come, token-major [..., L, H, Dh];
-#   'einsum_heads_major' the same after copying q, k, v to heads-major [..., H, L, Dh] (faster on XLA:CPU in
-#                        forward-only programs, not in training);
+#   'einsum_heads_major' the same after copying q, k, v to heads-major [..., H, L, Dh] (faster on XLA:CPU for the
+#                        divided space-time attention, in training and forward-only programs);
 #   'dot_product'        jax.nn.dot_product_attention with its implementation left to JAX (JAX 0.10 still runs its
 #                        XLA version on every platform then; cuDNN's fused kernel only runs when asked for by name).
 ATTENTION_IMPLEMENTATIONS = ("einsum", "einsum_heads_major", "dot_product")
-# 'auto': each model's measured default per program: 'einsum', but 'einsum_heads_major' in TVTSv2's video tower in
-# forward-only programs (TVTSv2.for_inference).
+# 'auto': each model's measured default: 'einsum', but 'einsum_heads_major' in TVTSv2's video tower.
 ATTENTION_CHOICES = ("auto", *ATTENTION_IMPLEMENTATIONS)
 
 
@@ -122,8 +121,8 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = No
 
     implementation: one of ATTENTION_IMPLEMENTATIONS.
     'einsum_heads_major': for operands with the heads axis between tokens and channels XLA:CPU emits a slow batched
-    dot; at B/16 shapes the heads-major copies made the unmasked video tower's forward 1.2x faster, but the train
-    step no faster (its backward pass lost what the forward gained; docs/benchmarks.md).
+    dot; at B/16 shapes the heads-major copies made the unmasked video tower's forward 1.2x faster and the train
+    step 1.03-1.07x faster (docs/benchmarks.md).
     'dot_product': the same softmax(q k^T / sqrt(Dh)) v, with two differences of rounding only. The scale multiplies
     the float32 logits instead of q in the compute dtype (in bfloat16 that rounds q once less), and masked logits
     take -0.7 * float32 max instead of float32 min (both give masked keys a weight of exactly 0; a row with every

@@ -33,15 +33,14 @@ class TVTSv2(nn.Module):
     temporal_init_std: float = -1.0
     # sort-head type embedding init (see SortHead): 0 the published zeros; > 0 N(0, value)
     sort_type_init_std: float = 0.0
-    # every attention's implementation (layers.ATTENTION_CHOICES, config.model.attention). 'auto': token-major einsum,
-    # except the video tower's in forward-only programs, heads-major (docs/benchmarks.md, "Attention layout")
+    # every attention's implementation (layers.ATTENTION_CHOICES, config.model.attention). 'auto': heads-major in the
+    # video tower, token-major einsum in the text tower and the sort head (docs/benchmarks.md, "Attention layout")
     attention: str = "auto"
-    forward_only: bool = False  # set by for_inference; only 'auto' reads it
 
     @property
     def video_attention(self) -> str:
         """The video tower's attention implementation (layers.attend)."""
-        return attention_implementation(self.attention, "einsum_heads_major" if self.forward_only else "einsum")
+        return attention_implementation(self.attention, "einsum_heads_major")
 
     def setup(self):
         v = self.variant
@@ -52,9 +51,8 @@ class TVTSv2(nn.Module):
         self.sort_head = SortHead(v.sort_head, self.dtype, self.sort_type_init_std, others)
 
     def for_inference(self) -> TVTSv2:
-        """The same model for forward-only programs (evaluation, export): no remat, and with attention 'auto' the
-        video tower's attention heads-major."""
-        return self.clone(remat="none", forward_only=True)
+        """The same model for forward-only programs (evaluation, export): no remat."""
+        return self.clone(remat="none")
 
     def encode_video(self, video: jax.Array, keep: jax.Array | None = None) -> jax.Array:
         """[B, T, H, W, 3] -> all projected tokens [B, 1 + T*n_keep, E] (float32); [:, 0] is the video embedding
