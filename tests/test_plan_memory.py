@@ -159,3 +159,17 @@ def test_the_compiled_step_never_goes_to_the_host(plans):
         targets = set(re.findall(r'custom_call_target="([^"]+)"', text))
         assert not [t for t in targets if "callback" in t.lower() or "host" in t.lower()], targets
         assert "dot" in ops or "fusion" in ops  # the pattern reads the module's instructions
+
+
+def test_uncached_switches_the_persistent_cache_off_in_a_process_that_has_compiled():
+    """JAX decides at a process's first compile whether the persistent cache is used; the plan reads the module the
+    partitioner writes, which a cache hit skips. Without a reset the setting changed nothing in a test worker, and
+    the bf16 gathers read as float32 whenever the other worker had cached the same step first."""
+    from jax._src import compilation_cache  # is_cache_used: not in the public API
+
+    jax.jit(lambda x: x + 1)(jnp.ones(2)).block_until_ready()
+    backend = jax.devices()[0].client
+    before = compilation_cache.is_cache_used(backend)
+    with pm.uncached():
+        assert not compilation_cache.is_cache_used(backend)
+    assert compilation_cache.is_cache_used(backend) == before

@@ -285,15 +285,23 @@ def partitioned_dump_options(directory: str) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def uncached():
-    """No persistent compilation cache: a program loaded from it skips the partitioner, whose output we read."""
+    """No persistent compilation cache: a program loaded from it skips the partitioner, whose output we read.
+
+    JAX decides once per process whether the cache is used, at the first compile, so the setting alone changes
+    nothing in a process that has compiled before (a test worker): reset_cache makes it decide again, on entry and
+    on exit. The cache key leaves out the dump options, so a hit would otherwise be possible for any program
+    compiled before with the cache on."""
     import jax
+    from jax.experimental.compilation_cache.compilation_cache import reset_cache
 
     before = jax.config.jax_enable_compilation_cache
     jax.config.update("jax_enable_compilation_cache", False)
+    reset_cache()
     try:
         yield
     finally:
         jax.config.update("jax_enable_compilation_cache", before)
+        reset_cache()
 
 
 def read_partitioned(directory: str) -> str | None:
