@@ -128,11 +128,11 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = No
     take -0.7 * float32 max instead of float32 min (both give masked keys a weight of exactly 0; a row with every
     key masked, which no tower here builds, gets uniform weights either way).
     """
-    if implementation == "dot_product":
-        return _dot_product_attention(q, k, v, mask)
-    if implementation not in ("einsum", "einsum_heads_major"):
+    if implementation not in ATTENTION_IMPLEMENTATIONS:
         raise ValueError(f"unknown attention implementation {implementation!r}; "
                          f"known: {', '.join(ATTENTION_IMPLEMENTATIONS)}")
+    if implementation == "dot_product":
+        return _dot_product_attention(q, k, v, mask)
     heads_major = implementation == "einsum_heads_major"
     q = q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
     if heads_major:
