@@ -21,14 +21,14 @@ def test_hand_count_of_a_small_model():
     # = 17 (query, key) pairs at 2 * 2 * 8 FLOPs (q.k and attention.v)
     video_block = 2 * 5 * (256 + 256 + 256) + 2 * 17 * 32
     video_blocks = 2 * video_block  # 2 clips, 1 block
-    patch = 2 * 2 * 4 * 2 * (2 * 2 * 3) * 8  # clips x frames x patches x 2 x (patch pixels x 3) x width
+    patch = 2 * 2 * 2 * 2 * (2 * 2 * 3) * 8  # clips x frames x kept patches x 2 x (patch pixels x 3) x width
     video_proj = 2 * 2 * 5 * 8 * 4  # clips x 2 x tokens x width x joint
     text_block = 2 * 3 * 12 * 16 + 4 * 4 * 3 * 3  # 3 tokens through 12 w^2 weights; 3 x 3 attention pairs
     text_frozen = 4 * text_block  # 4 texts, 1 frozen block
     text_tuned = 4 * text_block + 4 * 2 * 4 * 4  # 1 tuned block + the projection of each text's EOT token
     sort = 2 * (2 * 7 * 12 * 16 + 4 * 4 * 7 * 7)  # per clip: 5 video tokens + 2 transcripts, 1 block
     contrastive = 2 * 2 * 2 * 4  # a 2 x 2 similarity matrix of 4-wide embeddings
-    assert (video_block, patch, text_block, sort) == (8768, 3072, 1296, 6944)
+    assert (video_block, patch, text_block, sort) == (8768, 1536, 1296, 6944)
 
     forward = video_blocks + patch + video_proj + text_frozen + text_tuned + sort + contrastive
     model = 3 * (video_blocks + video_proj + text_tuned + sort + contrastive) + 2 * (text_frozen + patch)

@@ -20,7 +20,7 @@ from tvts.models.tvtsv2 import (
     without_time_attention,
 )
 from tvts.models.variants import VARIANT_NAMES, decode_variant
-from tvts.models.video_vit import SpaceTimeBlock, VideoEncoder, gather_kept_patches
+from tvts.models.video_vit import PatchEmbed, SpaceTimeBlock, VideoEncoder, gather_kept_patches
 
 TINY = decode_variant("tiny")
 
@@ -245,6 +245,26 @@ def test_tube_mask_keeps_the_same_positions_in_every_frame():
     for b in range(B):
         for t in range(T):
             np.testing.assert_array_equal(got[b, t], np.asarray(patches)[b, t, np.asarray(keep[b])])
+
+
+@pytest.mark.parametrize("keep", [None, [[0, 5, 11], [2, 3, 15]]])
+def test_patch_embedding_is_clip_conv1_on_the_kept_patches(keep):
+    """A stride-p, bias-free convolution with a [p, p, C, width] kernel, looped by hand, then the kept patches."""
+    p, width = 4, 5
+    video = np.random.default_rng(0).standard_normal((2, 3, 16, 16, 3)).astype(np.float32)
+    embed = PatchEmbed(width, p)
+    keep = None if keep is None else jnp.array(keep)
+    params = embed.init(jax.random.key(0), video, keep)
+    kernel = np.asarray(nn.unbox(params)["params"]["kernel"])
+    assert kernel.shape == (p, p, 3, width)
+    want = np.zeros((2, 3, 16, width), np.float32)
+    for row in range(4):
+        for col in range(4):
+            window = video[:, :, row * p:(row + 1) * p, col * p:(col + 1) * p]  # [B, T, p, p, C]
+            want[:, :, row * 4 + col] = np.einsum("btijc,ijcd->btd", window, kernel)
+    if keep is not None:
+        want = np.stack([want[b][:, np.asarray(keep[b])] for b in range(2)])
+    np.testing.assert_allclose(embed.apply(params, video, keep), want, rtol=1e-5, atol=1e-5)
 
 
 def test_masking_drops_tokens_before_the_blocks(tiny):

@@ -61,7 +61,7 @@ def analytic_flops(variant: Variant, batch: int, frames: int, n_keep: int, num_t
     video_block += 4 * d * (n_keep * frames * (frames + 1) + length)  # time attention (+ CLS row)
     video_block += 4 * d * (frames * n_keep * (n_keep + 1) + length)  # space attention (+ CLS row)
     video_blocks = batch * v.depth * video_block
-    patch = batch * 2 * frames * v.num_patches * v.patch_size**2 * 3 * d  # every patch is embedded before masking
+    patch = batch * 2 * frames * n_keep * v.patch_size**2 * 3 * d  # only the kept patches are embedded
     video_proj = batch * 2 * length * d * e
     text_block = 2 * text_len * 12 * t.width**2 + 4 * t.width * text_len**2  # qkv+out 4w^2, mlp 8w^2; attention
     n_text = batch * num_texts

@@ -94,9 +94,33 @@ class SpaceTimeBlock(nn.Module):
 def gather_kept_patches(patches: jax.Array, keep: jax.Array) -> jax.Array:
     """Tube masking. patches [B, T, P, D], keep [B, n_keep] patch indices -> [B, T, n_keep, D].
 
-    The same positions are kept in every frame of a video.
+    The same positions are kept in every frame of a video. The indices come from `tvts.models.inputs` and are in
+    range; mode='clip' spares the gather's out-of-range select over its whole output (4 ms of a 300 ms tiny step).
     """
-    return jnp.take_along_axis(patches, keep[:, None, :, None], axis=2)
+    return jnp.take_along_axis(patches, keep[:, None, :, None], axis=2, mode="clip")
+
+
+class PatchEmbed(nn.Module):
+    """video [B, T, H, W, C], keep [B, n_keep] or None -> [B, T, n_keep (or H/p * W/p), width].
+
+    CLIP's conv1 (stride = kernel, no bias; kernel [p, p, C, width] as a Conv2d's) written as one matmul over the
+    flattened patches, taken after the tube mask: masked patches are never embedded. On XLA:CPU the convolution ran
+    at a tenth of the matmul ceiling (docs/benchmarks.md, "Patch embedding").
+    """
+
+    width: int
+    patch_size: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, video: jax.Array, keep: jax.Array | None = None) -> jax.Array:
+        p, c = self.patch_size, video.shape[-1]
+        kernel = self.param("kernel", logical(nn.initializers.lecun_normal(), (None, None, None, "embed")),
+                            (p, p, c, self.width))
+        x = einops.rearrange(video.astype(self.dtype), "b t (h i) (w j) c -> b t (h w) (i j c)", i=p, j=p)
+        if keep is not None:
+            x = gather_kept_patches(x, keep)
+        return jnp.einsum("btnk,kd->btnd", x, kernel.reshape(p * p * c, self.width).astype(self.dtype))
 
 
 class VideoEncoder(nn.Module):
@@ -130,19 +154,14 @@ class VideoEncoder(nn.Module):
             raise ValueError(f"{t} frames exceed the temporal embedding's {cfg.max_frames} rows")
         if (h, w) != (cfg.image_size, cfg.image_size):
             raise ValueError(f"frames are {h}x{w}, the video tower expects {cfg.image_size}x{cfg.image_size}")
-        x = nn.Conv(cfg.width, (cfg.patch_size,) * 2, strides=(cfg.patch_size,) * 2, padding="VALID", use_bias=False,
-                    dtype=self.dtype, kernel_init=logical(nn.initializers.lecun_normal(), (None, None, None, "embed")),
-                    name="patch_embed")(video.reshape(b * t, h, w, 3).astype(self.dtype))
-        x = x.reshape(b, t, cfg.num_patches, cfg.width)
-
+        x = PatchEmbed(cfg.width, cfg.patch_size, self.dtype, name="patch_embed")(video, keep)  # [B, T, n, D]
         pos = self.param("pos_embedding", logical(embed_init, (None, "embed")), (cfg.num_patches + 1, cfg.width))
         temporal = self.param("temporal_embedding", logical(temporal_init(self.temporal_init_std, cfg.width),
                                                             (None, "embed")),
                               (cfg.max_frames, cfg.width))
         cls = self.param("cls_token", logical(embed_init, ("embed",)), (cfg.width,))
-        x = x + (pos[None, None, 1:] + temporal[None, :t, None]).astype(self.dtype)
-        if keep is not None:  # ratio 0 passes None and takes no gather
-            x = gather_kept_patches(x, keep)
+        pos_patches = pos[None, 1:] if keep is None else jnp.take(pos[1:], keep, axis=0, mode="clip")  # [B or 1, n, D]
+        x = x + (pos_patches[:, None] + temporal[None, :t, None]).astype(self.dtype)
         n_kept = x.shape[2]
         x = x.reshape(b, t * n_kept, cfg.width)
         cls_tok = jnp.broadcast_to((cls + pos[0]).astype(self.dtype), (b, 1, cfg.width))
