@@ -37,6 +37,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.model.dtype = "float32"
     c.model.remat = "none"
+    # the 2 video and 3 text blocks as straight-line code: the layer loop's copies of saved activations took a fifth
+    # of the tiny step on XLA:CPU (docs/benchmarks.md, "Layer loop"); same parameters and figures up to rounding
+    c.model.unroll_layers = True
     c.model.temporal_init_std = 1.0  # a random-init tower needs a strong frame code from the start
     c.model.sort_type_init_std = 0.02
 

@@ -445,6 +445,31 @@ def test_merge_loaded_puts_loaded_leaves_over_the_init_and_reinitialises_time_at
         merge_loaded(base, {"video": {"extra": jnp.zeros(2)}})
 
 
+def test_unrolled_layers_are_the_same_model_without_the_loop(tiny):
+    """model.unroll_layers: the same parameters (same init, same tree), outputs and gradients; no while loop left
+    in the compiled program, where the scanned model has one."""
+    model, params = tiny
+    unrolled = TVTSv2(TINY, unroll_layers=True)
+    same = jax.tree.map(lambda a, b: bool((a == b).all()), params,
+                        jax.jit(lambda rng: nn.unbox(init_params(unrolled, rng)))(jax.random.key(0)))
+    assert jax.tree.all(same)
+    video = jax.random.normal(jax.random.key(3), (2, 12, 32, 32, 3))
+    texts = jax.random.randint(jax.random.key(4), (2, 1, 32), 1, 100)
+
+    def loss(m):
+        def f(p):
+            out = m.apply({"params": p}, video, None, texts)
+            return jnp.sum(out["video_emb"][:, None] * out["text_emb"])
+        return jax.jit(jax.value_and_grad(f))
+
+    (a, ga), (b, gb) = loss(model)(params), loss(unrolled)(params)
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+    # the same arithmetic fused differently: float32 rounding apart
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-4 * np.abs(y).max()), ga, gb)
+    compiled = {m.unroll_layers: loss(m).lower(params).compile().as_text() for m in (model, unrolled)}
+    assert " while(" in compiled[False] and " while(" not in compiled[True]
+
+
 def test_the_inference_model_gives_the_training_model_outputs(tiny):
     """for_inference (no remat: what evaluation and export compile) changes no output."""
     model, params = tiny

@@ -5,6 +5,7 @@ import pytest
 
 from tools.common import recipe_config
 from tvts.config import validate
+from tvts.models.layers import ATTENTION_IMPLEMENTATIONS
 
 TOOLS = ("model_summary", "plan_memory", "bench_step", "bench_convert", "make_corpus", "synthetic_benchmarks",
          "research.learnability", "research.diagnose_embeddings")
@@ -40,6 +41,24 @@ def test_a_v1_variant_studies_the_v1_recipe_and_is_summarised():
     assert dict(by_group) == {"new": sum(by_tower.values())}  # one published group
 
 
+def test_bench_case_grid_is_every_combination_of_the_listed_values():
+    import types
+
+    from tools.bench import case_grid
+
+    args = types.SimpleNamespace(attention="program", remat="none,full", unroll_layers="no,yes")
+    assert case_grid(args) == [
+        (", remat none, scanned", {"model.remat": "none", "model.unroll_layers": False}),
+        (", remat none, unrolled", {"model.remat": "none", "model.unroll_layers": True}),
+        (", remat full, scanned", {"model.remat": "full", "model.unroll_layers": False}),
+        (", remat full, unrolled", {"model.remat": "full", "model.unroll_layers": True})]
+    assert case_grid(types.SimpleNamespace(attention="program", remat="", unroll_layers="")) == [("", {})]
+    for flag, value in (("remat", "none,nothing"), ("unroll_layers", "yes,yes"), ("unroll_layers", "true")):
+        bad = types.SimpleNamespace(**{"attention": "program", "remat": "", "unroll_layers": "", flag: value})
+        with pytest.raises(ValueError, match=f"--{flag} {value}: use distinct values of"):
+            case_grid(bad)
+
+
 def test_bench_builds_each_attention_implementation_with_the_same_outputs():
     """tools.bench --attention einsum,einsum_heads_major,dot_product: the extraction case of each implementation (the
     A/B of docs/benchmarks.md) is built on a model running it, and all embed the same frames alike."""
@@ -48,16 +67,18 @@ def test_bench_builds_each_attention_implementation_with_the_same_outputs():
     import jax
     import numpy as np
 
-    from tools.bench import ExtractCase, attention_cases, attention_override
+    from tools.bench import ExtractCase, attention_cases, case_grid
 
     assert attention_cases("all") == attention_cases("einsum,einsum_heads_major,dot_product")
     # 'program': the recipe config's own choice ('auto'; tests/test_attention.py follows it into the models)
-    assert attention_cases("program") == (None,) and attention_override(None) == {}
+    assert attention_cases("program") == (None,)
     with pytest.raises(ValueError, match="--attention einsum,flash: use 'program', 'all' or distinct names"):
         attention_cases("einsum,flash")
     args = types.SimpleNamespace(variant="tiny", frames=4, dtype="float32", mesh="data=-1", batch=jax.device_count(),
-                                 warmup=1)
-    cases = {attention: ExtractCase(args, attention) for attention in attention_cases("all")}
+                                 warmup=1, attention="all", remat="", unroll_layers="")
+    grid = case_grid(args)
+    assert [overrides for _, overrides in grid] == [{"model.attention": a} for a in ATTENTION_IMPLEMENTATIONS]
+    cases = {overrides["model.attention"]: ExtractCase(args, overrides) for _, overrides in grid}
     assert {k: c.encoders.model.video_attention for k, c in cases.items()} == {k: k for k in cases}
     want, *others = (np.asarray(c.encoders._video(c.params, c.frames)[1]) for c in cases.values())  # every token
     for got in others:

@@ -6,6 +6,7 @@
     python -m tools.bench masks   [--variant B/16] [--ratios 0,0.5,0.7,0.9] ...
         common: [--steps 2] [--warmup 1] [--rounds 3] [--peak cpu|TPU_v4|TPU_v5e|TPU_v5p|TPU_v6e] [--out F.json]
                 [--attention program|all|IMPL[,IMPL...]]   IMPL: einsum, einsum_heads_major, dot_product
+                [--remat POLICY[,POLICY...]] [--unroll_layers no|yes|no,yes]
 
 What a case reports
 - step time: median over rounds of the mean of `--steps` synchronised steps, after `--warmup` steps;
@@ -23,6 +24,11 @@ default) times each program as the recipe's config builds it ('auto': heads-majo
 token-major einsum in the other towers). A comma-separated list of implementations
 builds every case once per implementation, set in every tower of both programs, and interleaves them; `all` lists
 the three. `--attention einsum,einsum_heads_major` is the A/B of docs/benchmarks.md.
+
+`--remat` (config.model.remat: none, full, dots, dots_no_batch) and `--unroll_layers` (config.model.unroll_layers)
+take comma-separated lists the same way: the cases are every combination of the listed values, interleaved
+(`--remat none,full --unroll_layers no,yes` builds four of each). Left empty, the recipe's own. Forward-only
+programs (`extract`) never rematerialise, so `--remat` does not change them.
 
 The published variants run from random weights (the tools never need converted CLIP weights) with the published
 parameter groups, every group and loss term on (`tools.bench_step.make_config`).
@@ -51,7 +57,7 @@ from tvts import config as config_lib
 from tvts import sharding
 from tvts.data.pipeline import make_sources
 from tvts.flops import TPU_PEAK_FLOPS, analytic_flops, matmul_ceiling, step_flops
-from tvts.models.layers import ATTENTION_IMPLEMENTATIONS
+from tvts.models.layers import ATTENTION_IMPLEMENTATIONS, REMAT_POLICIES
 from tvts.state import init_state, make_setup
 from tvts.step import make_train_step
 
@@ -62,14 +68,12 @@ CEILING_N = 3072  # large enough that the product runs at the BLAS kernel's spee
 class StepCase:
     """A compiled train step with its state and one batch; `time(n)` runs n synchronised steps (seconds per step)."""
 
-    def __init__(self, args, mask: float, attention: str | None = None):
+    def __init__(self, args, mask: float, case: dict | None = None):
+        """case: this case's own config overrides (`case_grid`)."""
         overrides = {"model.mask_ratio": mask, "model.num_frames": args.frames, "model.dtype": args.dtype,
-                     f"data.{args.source}_batch": args.batch, **mesh_overrides(args.mesh),
-                     **attention_override(attention)}
+                     f"data.{args.source}_batch": args.batch, **mesh_overrides(args.mesh), **(case or {})}
         if args.context_length:
             overrides["data.context_length"] = args.context_length
-        if args.remat:
-            overrides["model.remat"] = args.remat
         self.config = make_config(args.variant, overrides)
         config_lib.validate(self.config, jax.device_count(), jax.process_count())
         setup = make_setup(self.config)
@@ -94,12 +98,12 @@ class StepCase:
 class ExtractCase:
     """The unmasked video tower's forward (the exported backbone's `encode_video` program) on one batch."""
 
-    def __init__(self, args, attention: str | None = None):
+    def __init__(self, args, case: dict | None = None):
         from tvts.state import make_encoders
 
         self.config = make_config(args.variant, {"model.mask_ratio": 0.0, "model.num_frames": args.frames,
                                                  "model.dtype": args.dtype, **mesh_overrides(args.mesh),
-                                                 **attention_override(attention)})
+                                                 **(case or {})})
         setup = make_setup(self.config)
         params = init_state(setup, jax.random.key(0))["params"]
         self.encoders = make_encoders(setup, params)  # the evaluation encoders' own model (for_inference)
@@ -139,8 +143,31 @@ def attention_cases(text: str) -> tuple[str | None, ...]:
     return names
 
 
-def attention_override(attention: str | None) -> dict[str, str]:
-    return {} if attention is None else {"model.attention": attention}
+def list_values(flag: str, text: str, known: dict[str, object]) -> tuple:
+    """A comma-separated flag -> the values it names (each of `known`'s), or (None,) for '' (the recipe's own)."""
+    if not text:
+        return (None,)
+    names = tuple(name.strip() for name in text.split(","))
+    if any(name not in known for name in names) or len(set(names)) != len(names):
+        raise ValueError(f"--{flag} {text}: use distinct values of {', '.join(known)}, comma-separated")
+    return tuple(known[name] for name in names)
+
+
+def case_grid(args) -> list[tuple[str, dict]]:
+    """(name suffix, config overrides) of every case: each combination of the --attention, --remat and
+    --unroll_layers values; a flag left to the recipe adds nothing to the names or the overrides."""
+    axes = [
+        ("model.attention", lambda v: v, attention_cases(args.attention)),
+        ("model.remat", lambda v: f"remat {v}", list_values("remat", args.remat, {p: p for p in REMAT_POLICIES})),
+        ("model.unroll_layers", lambda v: "unrolled" if v else "scanned",
+         list_values("unroll_layers", args.unroll_layers, {"no": False, "yes": True})),
+    ]
+    grid = [("", {})]
+    for field, label, values in axes:
+        grid = [(suffix + ("" if value is None else f", {label(value)}"),
+                 {**overrides, **({} if value is None else {field: value})})
+                for suffix, overrides in grid for value in values]
+    return grid
 
 
 def mesh_overrides(text: str) -> dict[str, int]:
@@ -198,7 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--mesh", default="data=-1", help="e.g. data=-1 or data=2,fsdp=4")
     parser.add_argument("--source", default="transcribed", choices=("transcribed", "captioned"))
-    parser.add_argument("--remat", default="", help="'': the recipe's (full for published variants)")
+    parser.add_argument("--remat", default="",
+                        help="'': the recipe's (full for published variants); or policies, comma-separated: "
+                             + ", ".join(REMAT_POLICIES))
+    parser.add_argument("--unroll_layers", default="", help="'': the recipe's; or no, yes, or no,yes")
     parser.add_argument("--context_length", type=int, default=0, help="0: the recipe's")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=1)
@@ -210,22 +240,20 @@ def main(argv: list[str] | None = None) -> int:
                              + ", ".join(ATTENTION_IMPLEMENTATIONS))
     args = parser.parse_args(argv)
     try:
-        attentions = attention_cases(args.attention)
+        grid = case_grid(args)
     except ValueError as e:
         parser.error(str(e))
     log = lambda msg: print(msg, file=sys.stderr, flush=True)
 
     t0 = time.perf_counter()
     cases = {}
-    for attention in attentions:
-        suffix = f", {attention}" if attention else ""
+    for suffix, case in grid:
         if args.what == "step":
-            cases[f"step mask {args.mask}{suffix}"] = StepCase(args, args.mask, attention)
+            cases[f"step mask {args.mask}{suffix}"] = StepCase(args, args.mask, case)
         elif args.what == "extract":
-            cases[f"extract (mask 0){suffix}"] = ExtractCase(args, attention)
+            cases[f"extract (mask 0){suffix}"] = ExtractCase(args, case)
         else:
-            cases.update({f"step mask {r}{suffix}": StepCase(args, float(r), attention)
-                          for r in args.ratios.split(",")})
+            cases.update({f"step mask {r}{suffix}": StepCase(args, float(r), case) for r in args.ratios.split(",")})
     log(f"compiled and warmed up {len(cases)} case(s) in {time.perf_counter() - t0:.0f} s")
     result = measure(cases, args, log)
     if args.what == "masks":

@@ -70,6 +70,9 @@ def base_config(args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         # programs alike; 'auto': heads-major in TVTSv2's video tower, token-major einsum elsewhere (the fastest
         # measured on XLA:CPU; docs/benchmarks.md, "Attention layout")
         attention="auto",
+        # the layer stacks as straight-line code instead of a loop (same parameters; tvts.models.layers.layer_stack):
+        # on XLA:CPU the loop's copies of saved activations took a fifth of the tiny step; longer compiles
+        unroll_layers=False,
         time_init="learnable",  # or 'published' (qkv 0, out 1: cannot learn in exact arithmetic)
         temporal_init_std=-1.0,  # -1: width**-0.5 as published; 0: zeros
         sort_type_init_std=0.0,  # the sort head's type embedding: zeros as published
@@ -191,6 +194,11 @@ def tokenizer_name(config: Any) -> str:
 def attention_choice(config: Any) -> str:
     """config.model.attention ('auto' in configs saved before the field existed)."""
     return config.model.get("attention", "auto")
+
+
+def unroll_layers(config: Any) -> bool:
+    """config.model.unroll_layers (False in configs saved before the field existed)."""
+    return bool(config.model.get("unroll_layers", False))
 
 
 def sequence_parallel(config: Any) -> bool:

@@ -84,9 +84,9 @@ def build_model(config) -> TVTSv2 | TVTSv1:
     if is_v1(variant):
         temporal = 0.0 if m.temporal_init_std < 0 else m.temporal_init_std
         return TVTSv1(variant, jnp.dtype(m.dtype), m.remat, temporal, m.sort_type_init_std,
-                      config_lib.attention_choice(config))
+                      config_lib.attention_choice(config), config_lib.unroll_layers(config))
     return TVTSv2(variant, jnp.dtype(m.dtype), m.remat, m.temporal_init_std, m.sort_type_init_std,
-                  config_lib.attention_choice(config))
+                  config_lib.attention_choice(config), config_lib.unroll_layers(config))
 
 
 def model_init(model: TVTSv2 | TVTSv1, rng: jax.Array, time_init: str = "learnable") -> Any:

@@ -82,6 +82,7 @@ class DistilBertEncoder(nn.Module):
     dtype: Dtype = jnp.float32
     remat: str = "none"
     attention: str = "einsum"  # the attention implementation (layers.attend)
+    unroll_layers: bool = False  # layers.layer_stack's unroll
 
     @nn.compact
     def __call__(self, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -95,7 +96,7 @@ class DistilBertEncoder(nn.Module):
         x = jnp.take(words, tokens, axis=0) + positions[:length]
         x = LayerNorm(cfg.epsilon, self.dtype, name="embeddings_ln")(x)
         keep = (tokens != cfg.pad_token_id)[:, None, None, :]  # [B, 1 (heads), 1 (queries), L (keys)]
-        stack = layer_stack(PostLNBlock, cfg.depth, self.remat)
+        stack = layer_stack(PostLNBlock, cfg.depth, self.remat, unroll=self.unroll_layers)
         x, _ = stack(cfg.heads, cfg.mlp_dim, cfg.epsilon, self.dtype, self.attention, name="blocks")(x, keep)
         features = x[:, 0]
         projected = nn.Dense(self.joint_dim, dtype=self.dtype, kernel_init=logical(default_kernel_init,

@@ -246,12 +246,19 @@ REMAT_POLICIES: dict[str, Callable | None] = {
 }
 
 
-def layer_stack(block: type[nn.Module], depth: int, remat: str, num_broadcast: int = 1) -> type[nn.Module]:
-    """`block` scanned `depth` times with stacked parameters (leading 'layers' axis), optionally rematerialised."""
+def layer_stack(block: type[nn.Module], depth: int, remat: str, num_broadcast: int = 1, unroll: bool = False
+                ) -> type[nn.Module]:
+    """`block` scanned `depth` times with stacked parameters (leading 'layers' axis), optionally rematerialised.
+
+    unroll (config.model.unroll_layers): the scan's body repeated `depth` times in straight-line code instead of a
+    loop, with the same stacked parameters. The loop stores every block's saved activations into stacked buffers and
+    slices them out again in the backward pass; on XLA:CPU that copying took a fifth of the tiny demo's step
+    (docs/benchmarks.md, "Layer loop"). Unrolled programs take longer to compile, more so for deep towers.
+    """
     if remat not in REMAT_POLICIES:
         raise ValueError(f"unknown remat policy {remat!r}; known: {sorted(REMAT_POLICIES)}")
     if remat != "none":
         block = nn.remat(block, policy=REMAT_POLICIES[remat], prevent_cse=False)
     return nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
-                   in_axes=(nn.broadcast,) * num_broadcast, length=depth,
+                   in_axes=(nn.broadcast,) * num_broadcast, length=depth, unroll=depth if unroll else 1,
                    metadata_params={nn.PARTITION_NAME: "layers"})

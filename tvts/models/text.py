@@ -29,6 +29,7 @@ class TextEncoder(nn.Module):
     dtype: Dtype = jnp.float32
     remat: str = "none"
     attention: str = "einsum"  # the attention implementation (layers.attend)
+    unroll_layers: bool = False  # layers.layer_stack's unroll
 
     @nn.compact
     def __call__(self, tokens: jax.Array) -> jax.Array:
@@ -44,7 +45,7 @@ class TextEncoder(nn.Module):
         causal = jnp.tril(jnp.ones((length, length), bool))
         for name, depth in (("frozen_blocks", cfg.num_frozen), ("tuned_blocks", cfg.depth - cfg.num_frozen)):
             if depth:
-                stack = layer_stack(ResidualBlock, depth, self.remat)
+                stack = layer_stack(ResidualBlock, depth, self.remat, unroll=self.unroll_layers)
                 x, _ = stack(cfg.heads, cfg.mlp_dim, self.act, 1e-5, self.dtype, self.attention, name=name)(x, causal)
         x = LayerNorm(dtype=self.dtype, name="ln_final")(x)
         proj = self.param("text_projection", logical(default_proj_init(cfg.width), ("embed", "joint")),

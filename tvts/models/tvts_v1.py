@@ -97,6 +97,7 @@ class TubeletVideoEncoder(nn.Module):
     # < 0 N(0, width^-0.5) (tvts.models.video_vit.temporal_init)
     temporal_init_std: float = 0.0
     attention: str = "einsum"  # the attention implementation (layers.attend)
+    unroll_layers: bool = False  # layers.layer_stack's unroll
 
     @nn.compact
     def __call__(self, video: jax.Array, keep: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
@@ -126,7 +127,7 @@ class TubeletVideoEncoder(nn.Module):
         cls_tok = jnp.broadcast_to((cls + pos[0]).astype(self.dtype), (b, 1, cfg.width))
         x = shard_residual(jnp.concatenate([cls_tok, x], axis=1))
 
-        blocks = layer_stack(ResidualBlock, cfg.depth, self.remat)
+        blocks = layer_stack(ResidualBlock, cfg.depth, self.remat, unroll=self.unroll_layers)
         x, _ = blocks(cfg.heads, cfg.mlp_dim, "gelu", cfg.epsilon, self.dtype, self.attention, name="blocks")(x, None)
         x = LayerNorm(cfg.epsilon, self.dtype, name="norm")(x)
         projected = nn.Dense(self.joint_dim, dtype=self.dtype,
@@ -147,13 +148,14 @@ class TVTSv1(nn.Module):
     # every attention's implementation (layers.ATTENTION_CHOICES, config.model.attention); 'auto': token-major einsum
     # in every program (the heads-major copies were measured on TVTSv2's divided attention only)
     attention: str = "auto"
+    unroll_layers: bool = False  # the layer stacks unrolled (config.model.unroll_layers, layers.layer_stack)
 
     def setup(self):
         v = self.variant
         attention = attention_implementation(self.attention)
         self.video = TubeletVideoEncoder(v.video, v.joint_dim, self.dtype, self.remat, self.temporal_init_std,
-                                         attention)
-        self.text = DistilBertEncoder(v.text, v.joint_dim, self.dtype, self.remat, attention)
+                                         attention, self.unroll_layers)
+        self.text = DistilBertEncoder(v.text, v.joint_dim, self.dtype, self.remat, attention, self.unroll_layers)
         self.sort_head = SortHead(v.sort_head, self.dtype, self.sort_type_init_std, attention)
 
     def for_inference(self) -> TVTSv1:

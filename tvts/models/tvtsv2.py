@@ -36,6 +36,7 @@ class TVTSv2(nn.Module):
     # every attention's implementation (layers.ATTENTION_CHOICES, config.model.attention). 'auto': heads-major in the
     # video tower, token-major einsum in the text tower and the sort head (docs/benchmarks.md, "Attention layout")
     attention: str = "auto"
+    unroll_layers: bool = False  # the layer stacks unrolled (config.model.unroll_layers, layers.layer_stack)
 
     @property
     def video_attention(self) -> str:
@@ -46,8 +47,8 @@ class TVTSv2(nn.Module):
         v = self.variant
         others = attention_implementation(self.attention)  # the text tower's and the sort head's
         self.video = VideoEncoder(v.video, v.joint_dim, v.act, self.dtype, self.remat, self.temporal_init_std,
-                                  v.sort_tokens, self.video_attention)
-        self.text = TextEncoder(v.text, v.joint_dim, v.act, self.dtype, self.remat, others)
+                                  v.sort_tokens, self.video_attention, self.unroll_layers)
+        self.text = TextEncoder(v.text, v.joint_dim, v.act, self.dtype, self.remat, others, self.unroll_layers)
         self.sort_head = SortHead(v.sort_head, self.dtype, self.sort_type_init_std, others)
 
     def for_inference(self) -> TVTSv2:

@@ -145,6 +145,7 @@ class VideoEncoder(nn.Module):
     temporal_init_std: float = -1.0
     sort_tokens: str = "all"  # 'all' | 'patches': whether ln_post also applies to the patch tokens (see above)
     attention: str = "einsum"  # the attention implementation (layers.attend)
+    unroll_layers: bool = False  # layers.layer_stack's unroll
 
     @nn.compact
     def __call__(self, video: jax.Array, keep: jax.Array | None = None) -> jax.Array:
@@ -168,7 +169,7 @@ class VideoEncoder(nn.Module):
         x = jnp.concatenate([cls_tok, x], axis=1)
         x = LayerNorm(dtype=self.dtype, name="ln_pre")(x)
 
-        blocks = layer_stack(SpaceTimeBlock, cfg.depth, self.remat)
+        blocks = layer_stack(SpaceTimeBlock, cfg.depth, self.remat, unroll=self.unroll_layers)
         x, _ = blocks(cfg.heads, cfg.mlp_dim, self.act, t, self.dtype, self.attention, name="blocks")(x, None)
 
         ln_post = LayerNorm(dtype=self.dtype, name="ln_post")
