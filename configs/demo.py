@@ -38,7 +38,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.dtype = "float32"
     c.model.remat = "none"
     # the 2 video and 3 text blocks as straight-line code: the layer loop's copies of saved activations took a fifth
-    # of the tiny step on XLA:CPU (docs/benchmarks.md, "Layer loop"); same parameters and figures up to rounding
+    # of the tiny step on XLA:CPU (docs/benchmarks.md, "Where the tiny step's time goes"); same parameters, and the
+    # same figures up to rounding
     c.model.unroll_layers = True
     # at tiny's 8-dim heads, jax.nn.dot_product_attention's XLA version measured fastest of the three in every tower
     # (0.93 of the step time of 'auto', which picks heads-major copies for B/16's video tower; docs/benchmarks.md)

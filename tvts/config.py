@@ -71,7 +71,7 @@ def base_config(args: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         # measured on XLA:CPU; docs/benchmarks.md, "Attention layout")
         attention="auto",
         # the layer stacks as straight-line code instead of a loop (same parameters; tvts.models.layers.layer_stack):
-        # on XLA:CPU the loop's copies of saved activations took a fifth of the tiny step; longer compiles
+        # on XLA:CPU faster for tiny (the loop's copies of saved activations took a fifth of its step), slower at B/16
         unroll_layers=False,
         time_init="learnable",  # or 'published' (qkv 0, out 1: cannot learn in exact arithmetic)
         temporal_init_std=-1.0,  # -1: width**-0.5 as published; 0: zeros

@@ -253,7 +253,8 @@ def layer_stack(block: type[nn.Module], depth: int, remat: str, num_broadcast: i
     unroll (config.model.unroll_layers): the scan's body repeated `depth` times in straight-line code instead of a
     loop, with the same stacked parameters. The loop stores every block's saved activations into stacked buffers and
     slices them out again in the backward pass; on XLA:CPU that copying took a fifth of the tiny demo's step
-    (docs/benchmarks.md, "Layer loop"). Unrolled programs take longer to compile, more so for deep towers.
+    (docs/benchmarks.md, "Where the tiny step's time goes"). At B/16 the unrolled step was slower (1.23-1.34x), and
+    unrolled programs take longer to compile, more so for deep towers.
     """
     if remat not in REMAT_POLICIES:
         raise ValueError(f"unknown remat policy {remat!r}; known: {sorted(REMAT_POLICIES)}")
