@@ -69,8 +69,11 @@ class TubeletEmbed(nn.Module):
 
 
 def gather_kept_per_tube(patches: jax.Array, keep: jax.Array) -> jax.Array:
-    """Masking per temporal tube. patches [B, tubes, P, D], keep [B, tubes, n_keep] -> [B, tubes, n_keep, D]."""
-    return jnp.take_along_axis(patches, keep[..., None], axis=2)
+    """Masking per temporal tube. patches [B, tubes, P, D], keep [B, tubes, n_keep] -> [B, tubes, n_keep, D].
+
+    The indices come from `random_tube_keep` and are in range: mode='clip' spares the out-of-range select over the
+    whole output (as `video_vit.gather_kept_patches`)."""
+    return jnp.take_along_axis(patches, keep[..., None], axis=2, mode="clip")
 
 
 def random_tube_keep(rng: jax.Array, batch: int, tubes: int, num_patches: int, ratio: float) -> jax.Array | None:

@@ -105,7 +105,7 @@ class PatchEmbed(nn.Module):
 
     CLIP's conv1 (stride = kernel, no bias; kernel [p, p, C, width] as a Conv2d's) written as one matmul over the
     flattened patches, taken after the tube mask: masked patches are never embedded. On XLA:CPU the convolution ran
-    at a tenth of the matmul ceiling (docs/benchmarks.md, "Patch embedding").
+    at a tenth of the matmul ceiling (docs/benchmarks.md, "Where the tiny step's time goes").
     """
 
     width: int
