@@ -72,6 +72,9 @@ def test_batches_equal_single_samples(train, train_mode):
     bare = train.transcribed_batch(np.array(idx), train=train_mode, render=False)
     assert bare['frames'] is None and bare['transcripts'] == b['transcripts']
     assert all(np.array_equal(bare['labels'][k], b['labels'][k]) for k in b['labels'])
+    unlabelled = train.captioned_batch(idx, train=train_mode, epoch=2, labels=False)  # the trainer's batches
+    assert unlabelled['labels'] is None and unlabelled['captions'] == cb['captions']
+    np.testing.assert_array_equal(unlabelled['frames'], cb['frames'])
 
 
 def test_frames_are_the_renderer_at_the_frame_times(train):

@@ -50,7 +50,7 @@ class SyntheticSource:
     def batch(self, iteration: int) -> Batch:
         idx = self.indices(iteration)
         if self.kind == "transcribed":
-            raw = self.corpus.transcribed_batch(idx, train=self.train)
+            raw = self.corpus.transcribed_batch(idx, train=self.train, labels=False)
             texts = [t for video in raw["transcripts"] for t in video]
             tokens = self.tokenizer(texts, self.context_length).reshape(len(idx), -1, self.context_length)
         elif self.kind == "images":
@@ -63,7 +63,7 @@ class SyntheticSource:
             raw = {"frames": np.repeat(np.stack(frames), self.still_frames, axis=1)}
             tokens = self.tokenizer(captions, self.context_length)[:, None]
         else:
-            raw = self.corpus.captioned_batch(idx, train=self.train)
+            raw = self.corpus.captioned_batch(idx, train=self.train, labels=False)
             tokens = self.tokenizer(raw["captions"], self.context_length)[:, None]
         return {"video": raw["frames"], "texts": tokens.astype(np.int32)}
 
