@@ -82,8 +82,9 @@ indices into ``SHAPES``/``COLOURS``/``MOTIONS``, ``clip_seconds`` and
 
 Speed (development machine, 2 busy cores, 32 px, one process): ``transcribed`` ~2000 samples/s of
 CPU time (~1400/s wall clock under load), ``transcribed_batch`` ~2300/s, ``captioned`` ~2600/s; 64 px
-~1300/s. Rendering is chunked so that NumPy temporaries stay below glibc's mmap threshold (larger ones
-page-faulted on every call and made rendering 3-5x slower).
+~1300/s. The demo's batches (hard-negative groups of 4, tokenized by `tvts.data.pipeline.SyntheticSource`):
+~1600 transcribed and ~2400 captioned samples/s of CPU time. Rendering is chunked so that NumPy temporaries stay
+near 256 KB (far larger ones page-faulted on every call under glibc malloc and made rendering 3-5x slower).
 """
 from __future__ import annotations
 
