@@ -6,8 +6,10 @@
 The config is the variant's recipe: configs/demo.py for tiny, configs/pretrain.py (from random weights) for a
 published variant. Cases: the default step; text embeddings frozen too (no backward pass through the frozen text
 blocks at all); tube-mask ratios 0 / 0.5 / 0.75 (compute falls with the number of kept patches); transcripts
-padded to the full context length instead of `data.transcript_length`; and the default step on the system
-allocator instead of mimalloc (tvts/allocator.py), timed in a worker process started with TVTS_ALLOCATOR=system.
+padded to the full context length instead of `data.transcript_length`; the default step fed as the trainer feeds
+it, a new batch per step made by the synthetic corpus in a background thread beside the step (its CPU time shares the
+cores with the step's); and the default step on the system allocator instead of mimalloc (tvts/allocator.py), timed
+in a worker process started with TVTS_ALLOCATOR=system.
 These use the published parameter groups, all training from the first update. For a recipe with delayed groups
 (tiny's text tower, `optim.group_start`), also its own rules at its first update (the delayed groups held: no
 backward pass through them) and at its last. Each case compiles once, runs `--warmup` steps, then times `--steps`
@@ -35,7 +37,7 @@ import jax
 from tools.common import recipe_config
 from tvts import allocator, sharding
 from tvts.config import apply_overrides
-from tvts.data.pipeline import make_sources
+from tvts.data.pipeline import Prefetcher, make_sources
 from tvts.state import init_state, make_setup
 from tvts.step import make_train_step
 
@@ -48,6 +50,7 @@ CASES = {
     "transcripts at context": {"data.transcript_length": -1},
 }
 SYSTEM_ALLOCATOR = "system allocator (glibc malloc)"
+BATCHES_BESIDE = "batches made beside (as in training)"
 # The variant's own recipe (its rules and optim.group_start), timed at its first and last update: before and
 # after its delayed groups start (tvts.curriculum.Curriculum.phase). Only for recipes with delayed groups (tiny).
 RECIPE_CASES = {"recipe, delayed groups held (update 0)": 0, "recipe, every group started (last update)": -1}
@@ -65,20 +68,24 @@ class InProcess:
     """One case's compiled step, state and batch; `time(n)` runs n steps and returns seconds per step."""
 
     def __init__(self, variant: str, overrides: dict, warmup: int, source: str = "transcribed",
-                 recipe: bool = False, update: int = 0):
+                 recipe: bool = False, update: int = 0, batches_beside: bool = False):
         config = make_config(variant, overrides, recipe)
         setup = make_setup(config)
         self.state = init_state(setup, jax.random.key(0))
         self.step = make_train_step(setup, source)
         sources = make_sources(config.data, setup.model.variant.video.image_size, config.model.num_frames)
         self.batch = sharding.global_batch(sources[source].batch(0), setup.mesh)
+        # batches_beside: each step takes the next batch of a Prefetcher, as tvts.train's loop does
+        self.batches = iter(Prefetcher(sources[source].batch, 1)) if batches_beside else None
+        self.mesh = setup.mesh
         self.update = update if update >= 0 else setup.curriculum.total_updates + update
         self.time(warmup)
 
     def time(self, steps: int) -> float:
         t0 = time.perf_counter()
         for _ in range(steps):
-            self.state, _ = self.step(self.state, self.batch, jax.random.key(1), update=self.update)
+            batch = self.batch if self.batches is None else sharding.global_batch(next(self.batches)[1], self.mesh)
+            self.state, _ = self.step(self.state, batch, jax.random.key(1), update=self.update)
             self.update += 1
         jax.block_until_ready(self.state)  # the last step done (also with --warmup 0)
         return (time.perf_counter() - t0) / max(steps, 1)
@@ -140,6 +147,7 @@ def main():
         t0 = time.perf_counter()
         runs[name] = InProcess(args.variant, overrides, args.warmup, args.source)
         print(f"{name}: compiled and warmed up in {time.perf_counter() - t0:.1f}s", flush=True)
+    runs[BATCHES_BESIDE] = InProcess(args.variant, {}, args.warmup, args.source, batches_beside=True)
     if make_config(args.variant, {}, recipe=True).optim.group_start:
         for name, update in RECIPE_CASES.items():
             runs[name] = InProcess(args.variant, {}, args.warmup, args.source, recipe=True, update=update)
