@@ -126,7 +126,8 @@ class Tokenizer:
         self._decoder, self._encoder, self._ranks = _load_vocab(os.path.abspath(self.vocab_path))
         self.vocab_size = VOCAB_SIZE
         self.sot_token, self.eot_token = SOT_TOKEN, EOT_TOKEN
-        # BPE cache: piece (byte-mapped, before </w> is added) -> its ids.
+        # BPE cache: piece (as the pattern split it from the cleaned text) -> its ids. Keyed before the byte
+        # mapping, so a cached piece costs one lookup.
         self._cache: dict[str, tuple[int, ...]] = {}
         # Text cache: raw text -> its ids. Transcripts and captions repeat (a corpus's stock phrases).
         self._text_cache: dict[str, tuple[int, ...]] = {}
@@ -136,7 +137,7 @@ class Tokenizer:
         ids = self._cache.get(piece)
         if ids is not None:
             return ids
-        word = list(piece)
+        word = [self._byte_to_char[b] for b in piece.encode("utf-8")]
         word[-1] += _END_OF_WORD
         ranks = self._ranks
         while len(word) > 1:
@@ -170,14 +171,13 @@ class Tokenizer:
         if cached is not None:
             return list(cached)
         ids: list[int] = []
-        table = self._byte_to_char
         for piece in _PATTERN.findall(clean_text(text)):
             if piece == _SOT_TEXT:
                 ids.append(SOT_TOKEN)
             elif piece == _EOT_TEXT:
                 ids.append(EOT_TOKEN)
             else:
-                ids.extend(self._bpe("".join(table[b] for b in piece.encode("utf-8"))))
+                ids.extend(self._bpe(piece))
         if len(self._text_cache) >= _TEXT_CACHE_LIMIT:
             self._text_cache.clear()
         self._text_cache[text] = tuple(ids)
