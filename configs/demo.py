@@ -1,5 +1,5 @@
 """The tiny demo: TVTSv2 `tiny` trained from random weights on the built-in synthetic corpus (2 CPU cores, about
-12 minutes), ending with held-out figures:
+11 minutes), ending with held-out figures:
 
     python -m tvts.train --config configs/demo.py --workdir workdirs/demo
 
