@@ -252,18 +252,20 @@ class SyntheticVideo:
 
 # The time model over a batch of videos (one array operation per field instead of one per video: per-video
 # arrays took a tenth of the demo's batch making); times [B, N] seconds, results per (video, time).
+def _per_event(videos: Sequence[SyntheticVideo], field: str, dtype) -> np.ndarray:
+    """[B, E, ...]: `field` of every event of every video."""
+    return np.array([[getattr(e, field) for e in v.events] for v in videos], dtype)
+
+
 def _events_at(videos: Sequence[SyntheticVideo], times: np.ndarray) -> np.ndarray:
-    ev = [v.events for v in videos]
-    ends = np.array([[e.end for e in events[:-1]] for events in ev], np.float64).reshape(len(ev), -1)
-    starts = np.array([[e.start for e in events[1:]] for events in ev], np.float64).reshape(len(ev), -1)
-    bounds = 0.5 * (ends + starts)  # [B, E - 1], increasing
+    start, end = _per_event(videos, 'start', np.float64), _per_event(videos, 'end', np.float64)
+    bounds = 0.5 * (end[:, :-1] + start[:, 1:])  # [B, E - 1], increasing
     return (times[..., None] >= bounds[:, None, :]).sum(-1)  # = np.searchsorted(bounds, t, side='right')
 
 
 def _centres_at(videos: Sequence[SyntheticVideo], times: np.ndarray, k: np.ndarray) -> np.ndarray:
     rows = np.arange(len(videos))[:, None]
-    start, end, p0, p1 = (np.array([[getattr(e, f) for e in v.events] for v in videos], np.float64)[rows, k]
-                          for f in ('start', 'end', 'p0', 'p1'))
+    start, end, p0, p1 = (_per_event(videos, f, np.float64)[rows, k] for f in ('start', 'end', 'p0', 'p1'))
     prog = np.clip((times - start) / (end - start), 0.0, 1.0)[..., None]
     return p0 + prog * (p1 - p0)
 
@@ -277,7 +279,7 @@ def frame_params(videos: Sequence[SyntheticVideo], times: np.ndarray) -> dict:
     rows = np.arange(len(videos))[:, None]
 
     def per_frame(field: str, dtype) -> np.ndarray:
-        values = np.array([[getattr(e, field) for e in v.events] for v in videos], dtype)
+        values = _per_event(videos, field, dtype)
         return values[rows, k].reshape(n, *values.shape[2:])
 
     def per_video(field: str) -> np.ndarray:
