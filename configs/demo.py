@@ -1,5 +1,5 @@
-"""The tiny demo: TVTSv2 `tiny` trained from random weights on the built-in synthetic corpus (2 CPU cores, about
-11 minutes), ending with held-out figures:
+"""The tiny demo: TVTSv2 `tiny` trained from random weights on the built-in synthetic corpus (2 CPU cores, 7 to
+11 minutes by machine), ending with held-out figures:
 
     python -m tvts.train --config configs/demo.py --workdir workdirs/demo
 
