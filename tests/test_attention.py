@@ -56,6 +56,36 @@ def test_every_implementation_matches_numpy_softmax_attention(implementation, ca
     np.testing.assert_allclose(np.asarray(got), np_attention(q, k, v, mask), rtol=1e-5, atol=1e-5)
 
 
+def np_attention_grads(q, k, v, mask, g):
+    """Gradients of sum(attention(q, k, v) * g) with respect to q, k and v, by hand in float64."""
+    scale = 1 / np.sqrt(q.shape[-1])
+    logits = np.einsum("...qhd,...khd->...hqk", q, k) * scale
+    if mask is not None:
+        logits = np.where(mask, logits, -np.inf)
+    w = np.exp(logits - logits.max(-1, keepdims=True))
+    w /= w.sum(-1, keepdims=True)
+    dw = np.einsum("...qhd,...khd->...hqk", g, v)
+    dlogits = w * (dw - (dw * w).sum(-1, keepdims=True))  # the softmax's Jacobian-vector product
+    dq = np.einsum("...hqk,...khd->...qhd", dlogits, k) * scale
+    dk = np.einsum("...hqk,...qhd->...khd", dlogits, q) * scale
+    dv = np.einsum("...hqk,...qhd->...khd", w, g)
+    return dq, dk, dv
+
+
+@pytest.mark.parametrize("case", ["cls", "causal", "groups_masked"])
+@pytest.mark.parametrize("implementation", ATTENTION_IMPLEMENTATIONS)
+def test_every_implementation_has_the_gradients_of_softmax_attention(implementation, case):
+    """The backward pass too: 'einsum_heads_major' normalises after the product with v, so its gradient flows
+    through another graph than the softmax's."""
+    rng = np.random.default_rng(1)
+    q, k, v, mask = _case(case, rng)
+    g = rng.standard_normal(q.shape)
+    loss = lambda q, k, v: (attend(q, k, v, mask, implementation) * np.float32(g)).sum()
+    got = jax.grad(loss, argnums=(0, 1, 2))(*(np.float32(a) for a in (q, k, v)))
+    for name, got_, want in zip("qkv", got, np_attention_grads(q, k, v, mask, g)):
+        np.testing.assert_allclose(np.asarray(got_), want, rtol=1e-4, atol=1e-5, err_msg=f"d{name}")
+
+
 def test_an_unknown_implementation_is_named():
     q = np.zeros((1, 2, 1, 4), np.float32)
     with pytest.raises(ValueError, match="unknown attention implementation 'flash'"):
