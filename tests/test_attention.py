@@ -75,8 +75,7 @@ def np_attention_grads(q, k, v, mask, g):
 @pytest.mark.parametrize("case", ["cls", "causal", "groups_masked"])
 @pytest.mark.parametrize("implementation", ATTENTION_IMPLEMENTATIONS)
 def test_every_implementation_has_the_gradients_of_softmax_attention(implementation, case):
-    """The backward pass too: 'einsum_heads_major' normalises after the product with v, so its gradient flows
-    through another graph than the softmax's."""
+    """The backward pass too, which the train step runs through each implementation's own graph."""
     rng = np.random.default_rng(1)
     q, k, v, mask = _case(case, rng)
     g = rng.standard_normal(q.shape)

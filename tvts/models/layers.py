@@ -122,8 +122,7 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = No
     implementation: one of ATTENTION_IMPLEMENTATIONS.
     'einsum_heads_major': for operands with the heads axis between tokens and channels XLA:CPU emits a slow batched
     dot; at B/16 shapes the heads-major copies made the unmasked video tower's forward 1.2x faster and the train
-    step 1.03-1.07x faster (docs/benchmarks.md). It also normalises the weights after the product with v (the same
-    softmax, rounded differently).
+    step 1.03-1.07x faster (docs/benchmarks.md).
     'dot_product': the same softmax(q k^T / sqrt(Dh)) v, with two differences of rounding only. The scale multiplies
     the float32 logits instead of q in the compute dtype (in bfloat16 that rounds q once less), and masked logits
     take -0.7 * float32 max instead of float32 min (both give masked keys a weight of exactly 0; a row with every
@@ -143,15 +142,9 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = No
         logits = jnp.einsum("...qhd,...khd->...hqk", q, k, preferred_element_type=jnp.float32)
     if mask is not None:
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    if heads_major:
-        # The softmax's division moved after the product: it scales [.., Lq, Dh] instead of [.., Lq, Lk]. The
-        # unmasked B/16 video tower's forward took 0.95 of the time; the train step the same within noise
-        # (docs/benchmarks.md, "Attention layout").
-        unnormalised = jnp.exp(logits - jax.lax.stop_gradient(logits.max(-1, keepdims=True)))
-        out = jnp.einsum("...qk,...kd->...qd", unnormalised.astype(v.dtype), v)
-        out = out / unnormalised.sum(-1, keepdims=True).astype(v.dtype)
-        return jnp.swapaxes(out, -2, -3)
     weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    if heads_major:
+        return jnp.swapaxes(jnp.einsum("...qk,...kd->...qd", weights, v), -2, -3)
     return jnp.einsum("...hqk,...khd->...qhd", weights, v)
 
 
