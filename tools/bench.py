@@ -180,12 +180,13 @@ def peak_flops(args, ceiling: float | None) -> float:
 
 
 def measure(cases: dict[str, object], args, log: Callable[[str], None]) -> dict:
-    """Interleaved rounds: each case, then the ceiling; medians and MFU per case."""
+    """Interleaved rounds: each case, then the ceiling; medians and MFU per case. Odd rounds run the cases in
+    reverse order, so that no case always runs first after the ceiling's product or last before it."""
     cpu = args.peak == "cpu"
     times = {name: [] for name in cases}
     ceilings = []
     for r in range(args.rounds):
-        for name, case in cases.items():
+        for name, case in (reversed(cases.items()) if r % 2 else cases.items()):
             times[name].append(case.time(args.steps))
         if cpu:
             ceilings.append(matmul_ceiling(CEILING_N))

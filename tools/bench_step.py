@@ -158,7 +158,7 @@ def main():
 
     times = {name: [] for name in runs}
     for r in range(args.rounds):
-        for name, run in runs.items():
+        for name, run in (reversed(runs.items()) if r % 2 else runs.items()):  # no case always first
             times[name].append(run.time(args.steps))
         print(f"round {r + 1}/{args.rounds} done", flush=True)
     if SYSTEM_ALLOCATOR in runs:
