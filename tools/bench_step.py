@@ -74,9 +74,10 @@ class InProcess:
         self.state = init_state(setup, jax.random.key(0))
         self.step = make_train_step(setup, source)
         sources = make_sources(config.data, setup.model.variant.video.image_size, config.model.num_frames)
-        self.batch = sharding.global_batch(sources[source].batch(0), setup.mesh)
-        # batches_beside: each step takes the next batch of a Prefetcher, as tvts.train's loop does
+        # batches_beside: each step takes the next batch of a Prefetcher, as tvts.train's loop does; otherwise every
+        # step takes the same batch
         self.batches = iter(Prefetcher(sources[source].batch, 1)) if batches_beside else None
+        self.batch = None if batches_beside else sharding.global_batch(sources[source].batch(0), setup.mesh)
         self.mesh = setup.mesh
         self.update = update if update >= 0 else setup.curriculum.total_updates + update
         self.time(warmup)
