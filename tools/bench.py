@@ -52,6 +52,7 @@ import jax
 import numpy as np
 
 from tools.bench_step import make_config
+from tools.common import in_round_order
 from tools.plan_memory import hlo_summary
 from tvts import config as config_lib
 from tvts import sharding
@@ -186,7 +187,7 @@ def measure(cases: dict[str, object], args, log: Callable[[str], None]) -> dict:
     times = {name: [] for name in cases}
     ceilings = []
     for r in range(args.rounds):
-        for name, case in (reversed(cases.items()) if r % 2 else cases.items()):
+        for name, case in in_round_order(cases, r):
             times[name].append(case.time(args.steps))
         if cpu:
             ceilings.append(matmul_ceiling(CEILING_N))

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import jax
 
-from tools.common import recipe_config
+from tools.common import in_round_order, recipe_config
 from tvts import allocator, sharding
 from tvts.config import apply_overrides
 from tvts.data.pipeline import Prefetcher, make_sources
@@ -159,7 +159,7 @@ def main():
 
     times = {name: [] for name in runs}
     for r in range(args.rounds):
-        for name, run in (reversed(runs.items()) if r % 2 else runs.items()):  # no case always first
+        for name, run in in_round_order(runs, r):
             times[name].append(run.time(args.steps))
         print(f"round {r + 1}/{args.rounds} done", flush=True)
     if SYSTEM_ALLOCATOR in runs:

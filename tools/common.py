@@ -1,6 +1,7 @@
 """Helpers shared by the tools (not a tool itself)."""
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import ml_collections
@@ -20,3 +21,8 @@ def recipe_config(variant: str, eval: bool = False) -> ml_collections.ConfigDict
         return apply_overrides(load_config(f"{CONFIGS / 'pretrain_v1.py'}:variant={variant},eval={eval}"),
                                {"init": "random"})
     return apply_overrides(load_config(f"{CONFIGS / 'pretrain.py'}:variant={variant},eval={eval}"), {"init": "random"})
+
+
+def in_round_order(cases: Mapping, round_index: int) -> Iterable:
+    """The (name, case) pairs of one timing round: odd rounds in reverse, so that no case always runs first."""
+    return reversed(cases.items()) if round_index % 2 else cases.items()
